@@ -1,0 +1,109 @@
+"""Build and run the command that starts the ranks: `mpiexec` on one machine, `srun` inside an allocation.
+
+    cmd, env = launch_command(cfg, "configs/smoke.yaml", ["workflow.steps=2"])
+
+The ranks run `python -m asyncflow_hpc.main CONFIG OVERRIDES...` (see main.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from asyncflow_hpc.errors import LaunchError
+
+
+def find_mpiexec(configured: str = "") -> str:
+    """The mpiexec beside this Python (the PyPI MPI wheel), else the first on PATH."""
+    if configured:
+        path = shutil.which(configured)
+        if not path:
+            raise LaunchError(f"launch.mpiexec={configured!r}: not found or not executable")
+        return path
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.exists():
+        return str(here)
+    path = shutil.which("mpiexec") or shutil.which("mpirun")
+    if not path:
+        raise LaunchError("mpiexec not found: `pip install mpi4py mpich` (or load the site MPI module), "
+                          "or set launch.mpiexec")
+    return path
+
+
+def mpi_flavour(mpiexec: str) -> str:
+    """'mpich' | 'openmpi' | 'unknown', from `mpiexec --version` (no MPI_Init in the launcher)."""
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=20)
+        text = (out.stdout + out.stderr).lower()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if "hydra" in text or "mpich" in text:
+        return "mpich"
+    if "open mpi" in text or "openrte" in text or "prte" in text or "open-mpi" in text:
+        return "openmpi"
+    return "unknown"
+
+
+def in_allocation(env: Mapping[str, str]) -> bool:
+    """Inside a Slurm allocation (sbatch/salloc) but not inside a job step."""
+    return bool(env.get("SLURM_JOB_ID")) and env.get("SLURM_STEP_ID") is None and env.get("SLURM_STEPID") is None
+
+
+def rank_argv(config_path: str | None, overrides: Sequence[str]) -> list[str]:
+    argv = [sys.executable, "-m", "asyncflow_hpc.main"]
+    if config_path:
+        argv.append(config_path)
+    return argv + list(overrides)
+
+
+def launch_command(cfg, config_path: str | None, overrides: Sequence[str],
+                   env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command (and extra environment) that starts every rank of `cfg`'s job."""
+    env = os.environ if env is None else env
+    lc = cfg.launch
+    launcher = lc.launcher
+    if launcher == "auto":
+        launcher = "srun" if in_allocation(env) else "mpiexec"
+    extra_env = {"PYTHONUNBUFFERED": "1"}
+    if launcher == "srun":
+        if not shutil.which("srun"):
+            raise LaunchError("launch.launcher=srun but `srun` is not on PATH")
+        ntasks = env.get("SLURM_NTASKS") or env.get("SLURM_NPROCS") or str(cfg.topology.world_size)
+        mpi = lc.srun_mpi
+        if mpi == "auto":
+            mpi = "pmix" if mpi_flavour(find_mpiexec(lc.mpiexec)) == "openmpi" else "pmi2"
+        cmd = ["srun", f"--mpi={mpi}", "-n", str(ntasks), "--kill-on-bad-exit=1", *lc.srun_args]
+    else:
+        mpiexec = find_mpiexec(lc.mpiexec)
+        cmd = [mpiexec, "-n", str(cfg.topology.world_size)]
+        if mpi_flavour(mpiexec) == "openmpi":
+            cmd.append("--oversubscribe")
+            extra_env.update({"OMPI_MCA_osc": env.get("OMPI_MCA_osc", "^ucx")})
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                extra_env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
+        cmd += list(lc.mpiexec_args)
+    return cmd + rank_argv(config_path, overrides), extra_env
+
+
+def run(cfg, config_path: str | None, overrides: Sequence[str], *, dry_run: bool = False) -> int:
+    """Print the launch command, run it, and return its exit code."""
+    cmd, extra_env = launch_command(cfg, config_path, overrides)
+    print("asyncflow-hpc: launching: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    if dry_run:
+        return 0
+    env = dict(os.environ)
+    env.update(extra_env)
+    # Ranks share the node's cores: give torch one thread each unless the user says otherwise.
+    env.setdefault("OMP_NUM_THREADS", str(cfg.device.threads_per_rank))
+    try:
+        proc = subprocess.run(cmd, env=env)
+    except FileNotFoundError as exc:
+        raise LaunchError(f"cannot start {cmd[0]}: {exc}") from None
+    except KeyboardInterrupt:
+        return 130
+    return proc.returncode

@@ -1,0 +1,61 @@
+"""Per-rank entry: config -> job environment -> topology -> communicators -> this rank's loop.
+
+Started once per rank by `asyncflow-hpc run` (mpiexec or srun), sbatch templates and submitit:
+
+    mpiexec -n 4 python -m asyncflow_hpc.main configs/smoke.yaml
+    srun --mpi=pmi2 -n 4 python -m asyncflow_hpc.main configs/default.yaml workflow.steps=5
+
+A failure on any rank prints one line naming the rank and role and aborts the whole MPI job, so
+the job exits non-zero instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+
+def rank_main(argv: list[str]) -> int:
+    from asyncflow_hpc.config import load_config
+    from asyncflow_hpc.env import read_env
+    from asyncflow_hpc.errors import AsyncFlowError
+
+    config_path = argv[0] if argv and "=" not in argv[0] else None
+    overrides = argv[1:] if config_path else argv
+    env = read_env()
+    where = f"rank {env.rank}"
+    try:
+        cfg = load_config(config_path, overrides)
+    except AsyncFlowError as exc:
+        return _fail(where, exc, tb=False)
+    try:
+        from asyncflow_hpc.workflow.driver import run_rank
+
+        return run_rank(cfg, env)
+    except AsyncFlowError as exc:
+        return _fail(getattr(exc, "where", where), exc, tb=bool(os.environ.get("ASYNCFLOW_TRACEBACK")))
+    except Exception as exc:  # noqa: BLE001 - any crash must take the job down, loudly
+        return _fail(where, exc, tb=True)
+
+
+def _fail(where: str, exc: BaseException, *, tb: bool) -> int:
+    if tb:
+        traceback.print_exc()
+    print(f"asyncflow-hpc: error: [{where}] {type(exc).__name__}: {exc}" if "rank" not in str(exc)[:12]
+          else f"asyncflow-hpc: error: {exc}", file=sys.stderr, flush=True)
+    _abort()
+    return 1
+
+
+def _abort() -> None:
+    """Take every other rank down with us (only if MPI is already up: never init MPI just to abort)."""
+    mod = sys.modules.get("mpi4py.MPI")
+    if mod is not None and mod.Is_initialized() and not mod.Is_finalized() and mod.COMM_WORLD.Get_size() > 1:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        mod.COMM_WORLD.Abort(1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(rank_main(sys.argv[1:]))

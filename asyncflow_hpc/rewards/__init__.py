@@ -1,0 +1,1 @@
+"""Reward functions: rule-based verifiers and user functions named by dotted path."""

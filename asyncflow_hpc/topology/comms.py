@@ -1,0 +1,184 @@
+"""Communicators of a job: MPI per role (Comm.Split), torch.distributed groups bootstrapped from MPI.
+
+    comms = Comms.create(layout, device_cfg)     # collective over COMM_WORLD
+    comms.role_comm                              # MPI communicator of this rank's primary role
+    comms.weight_group                           # torch.distributed group: trainer leader + rollout ranks
+    comms.close()
+
+torch.distributed gets its rendezvous from MPI: rank 0 binds a free port and broadcasts host and
+port, so no port is ever set by hand. CUDA -> NCCL, Ascend NPU -> HCCL (torch_npu imported only
+then), CPU -> gloo.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from asyncflow_hpc.errors import LaunchError, RankError
+from asyncflow_hpc.topology.config import DeviceConfig
+from asyncflow_hpc.topology.roles import Layout, Role
+
+
+def mpi():
+    """mpi4py's MPI module, imported lazily (MPI_Init happens here)."""
+    from mpi4py import MPI
+
+    return MPI
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cpu" | "cuda" | "npu"
+    index: int
+    backend: str  # "gloo" | "nccl" | "hccl"
+
+    @property
+    def torch_device(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"{self.kind}:{self.index}"
+
+
+def _npu_available() -> bool:
+    try:
+        import torch_npu  # noqa: F401  (registers the "npu" device with torch)
+        import torch
+
+        return bool(torch.npu.is_available())
+    except Exception:
+        return False
+
+
+def choose_device(cfg: DeviceConfig, local_rank: int, *, cuda_available: bool | None = None,
+                  npu_available: bool | None = None) -> Device:
+    """Pick the device and backend of this rank. The availability flags are injectable for tests."""
+    kind = cfg.kind
+    if kind == "auto":
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        if cuda_available:
+            kind = "cuda"
+        else:
+            if npu_available is None:
+                npu_available = _npu_available()
+            kind = "npu" if npu_available else "cpu"
+    elif kind == "npu" and npu_available is None:
+        if not _npu_available():
+            raise LaunchError("device.kind=npu but torch_npu is not importable or sees no NPU "
+                              "(install the Ascend extras and CANN, or set device.kind=cpu)")
+    backend = cfg.backend
+    if backend == "auto":
+        backend = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}[kind]
+    if (kind, backend) in {("cpu", "nccl"), ("cpu", "hccl"), ("cuda", "hccl"), ("npu", "nccl")}:
+        raise LaunchError(f"device.backend={backend} does not work with device.kind={kind}")
+    return Device(kind=kind, index=local_rank if kind != "cpu" else 0, backend=backend)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _rendezvous_host(is_local: bool) -> str:
+    if is_local:
+        return "127.0.0.1"
+    # Across nodes, an address the other nodes can reach; the site may override it.
+    host = os.environ.get("ASYNCFLOW_MASTER_ADDR")
+    if host:
+        return host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return socket.gethostname()
+
+
+@dataclass
+class Comms:
+    layout: Layout
+    rank: int
+    world: Any  # MPI.Comm
+    role_comm: Any  # MPI.Comm of this rank's primary role
+    device: Device
+    torch_ready: bool = False
+    trainer_group: Any = None  # torch.distributed group of all trainer ranks
+    trainer_dp_group: Any = None  # torch.distributed group of the data-parallel peers of this rank
+    weight_group: Any = None  # torch.distributed group: trainer leader + rollout ranks
+    _groups: list = field(default_factory=list)
+
+    @property
+    def role(self) -> Role:
+        return self.layout.role_of(self.rank)
+
+    def where(self) -> str:
+        return f"rank {self.rank} ({self.role})"
+
+    @classmethod
+    def create(cls, layout: Layout, device_cfg: DeviceConfig, *, init_torch: bool = True,
+               local_rank: int = 0, world: Any = None) -> "Comms":
+        MPI = mpi()
+        world = world if world is not None else MPI.COMM_WORLD
+        rank = world.Get_rank()
+        if world.Get_size() != layout.world_size:
+            raise RankError(f"layout is for {layout.world_size} ranks but MPI has {world.Get_size()}", rank=rank)
+        role = layout.role_of(rank)
+        role_comm = world.Split(color=list(Role).index(role), key=rank)
+        device = choose_device(device_cfg, local_rank)
+        comms = cls(layout=layout, rank=rank, world=world, role_comm=role_comm, device=device)
+        if init_torch:
+            comms._init_torch(device_cfg)
+        return comms
+
+    def _init_torch(self, device_cfg: DeviceConfig) -> None:
+        import torch
+        import torch.distributed as dist
+
+        if self.device.kind == "npu":
+            import torch_npu  # noqa: F401
+        if self.device.kind == "cuda":
+            torch.cuda.set_device(self.device.index)
+        elif self.device.kind == "npu":
+            torch.npu.set_device(self.device.index)
+        single_node = len(set(self.layout.nodes)) <= 1
+        addr = None
+        if self.rank == 0:
+            addr = (_rendezvous_host(single_node), _free_port())
+        host, port = self.world.bcast(addr, root=0)
+        timeout = datetime.timedelta(seconds=device_cfg.dist_timeout_s)
+        dist.init_process_group(backend=self.device.backend, init_method=f"tcp://{host}:{port}",
+                                rank=self.rank, world_size=self.layout.world_size, timeout=timeout)
+        self.torch_ready = True
+        # new_group is collective over the default group: every rank creates every group, in order.
+        self.trainer_group = self._group(self.layout.trainer_ranks)
+        for dp in self.layout.trainer_dp_groups():
+            g = self._group(dp)
+            if self.rank in dp:
+                self.trainer_dp_group = g
+        wg = self.layout.weight_group()
+        if len(wg) > 1:
+            self.weight_group = self._group(wg)
+
+    def _group(self, ranks) -> Any:
+        import torch.distributed as dist
+
+        ranks = sorted(ranks)
+        if not ranks:
+            return None
+        g = dist.new_group(ranks=ranks)
+        self._groups.append(g)
+        return g if self.rank in ranks else None
+
+    def close(self) -> None:
+        if self.torch_ready:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.torch_ready = False
+        if self.role_comm is not None:
+            self.role_comm.Free()
+            self.role_comm = None

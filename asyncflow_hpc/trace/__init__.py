@@ -1,0 +1,1 @@
+"""HDF5 run traces: recorder, reader, views (summary, plot, export), simulator and replay."""
