@@ -50,6 +50,9 @@ class TrainerConfig:
     allreduce_bucket_mb: float = opt(64.0, "Gradient all-reduce bucket size (MiB) over the trainer group.")
     sft_warmup_steps: int = opt(0, "Supervised warm-up steps on reference answers before RL (0 = none).")
     sft_lr: float = opt(1e-3, "Learning rate of the supervised warm-up.")
+    sft_targets: Literal["shuffled", "reference"] = opt(
+        "shuffled", "Warm-up targets: reference answers, or answers of other examples (teaches the answer "
+                    "format only, so RL has the task left to learn).")
     sft_batch: int = opt(32, "Examples per supervised warm-up step (global, split over the trainer ranks).")
 
     def __post_init__(self) -> None:

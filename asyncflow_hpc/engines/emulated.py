@@ -1,0 +1,112 @@
+"""Accelerator-time emulation for benchmarks on CPU-only machines: each rank acts as one device.
+
+On a 2-core machine four ranks cannot show what overlapping four accelerators gives: their host
+compute shares two cores. With `emulation.enabled`, the engines still run the real (tiny) model and
+produce real rows, but each generate/train call is padded with sleep to the time a device would
+take under a simple cost model, with response lengths drawn from a long-tailed (lognormal)
+distribution as in reasoning RL. Sleeping ranks do not use the cores, so the wall clock measures the
+pipeline (who waits for whom), not the host. The cost model, not the tiny model, sets the pace:
+benchmarks that use it say so in their output.
+
+Cost model (seconds):
+  generate one prompt group = prefill_s + decode_s_per_token * max(virtual length in the group)
+  train step                = step_overhead_s + train_s_per_token * sum(virtual lengths) / dp
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from asyncflow_hpc.configlib import fail, opt
+
+
+@dataclass(kw_only=True)
+class EmulationConfig:
+    """Emulated accelerator time (benchmarks on CPU-only machines); off in real runs."""
+
+    enabled: bool = opt(False, "Pad engine calls to an emulated device's time (bench e2e on CPU machines).")
+    prefill_s: float = opt(0.002, "Emulated prefill time of one prompt group.")
+    decode_s_per_token: float = opt(0.0005, "Emulated decode time per token position of a group (memory-bound).")
+    train_s_per_token: float = opt(0.00002, "Emulated train time per response token on one device.")
+    step_overhead_s: float = opt(0.005, "Emulated fixed cost of one train step (optimizer, launch).")
+    length_mu: float = opt(3.0, "Virtual response length ~ lognormal(mu, sigma), tokens.")
+    length_sigma: float = opt(1.0, "Lognormal sigma of virtual response lengths (the long tail).")
+    length_max: int = opt(1024, "Cap of the virtual response length.")
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_s", "decode_s_per_token", "train_s_per_token", "step_overhead_s", "length_sigma"):
+            if getattr(self, name) < 0:
+                raise fail(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.length_max < 1:
+            raise fail("length_max", f"must be >= 1, got {self.length_max}")
+
+
+def virtual_length(cfg: EmulationConfig, seed: int) -> int:
+    """The emulated response length of the sample with this seed (deterministic)."""
+    x = random.Random(seed ^ 0x5EED5EED).gauss(cfg.length_mu, cfg.length_sigma)
+    return max(1, min(cfg.length_max, int(round(math.exp(x)))))
+
+
+def group_time(cfg: EmulationConfig, seeds: Iterable[int]) -> float:
+    return cfg.prefill_s + cfg.decode_s_per_token * max(virtual_length(cfg, s) for s in seeds)
+
+
+def train_time(cfg: EmulationConfig, seeds: Iterable[int], dp: int) -> float:
+    return cfg.step_overhead_s + cfg.train_s_per_token * sum(virtual_length(cfg, s) for s in seeds) / max(dp, 1)
+
+
+def _pad(started: float, target_s: float) -> None:
+    left = target_s - (time.perf_counter() - started)
+    if left > 0:
+        time.sleep(left)
+
+
+class EmulatedRollout:
+    """Wraps a rollout engine; generate() takes the emulated device time (at least)."""
+
+    def __init__(self, inner: Any, cfg: EmulationConfig):
+        self.inner, self.cfg = inner, cfg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def version(self) -> int:
+        return self.inner.version
+
+    @version.setter
+    def version(self, v: int) -> None:
+        self.inner.version = v
+
+    def generate(self, prompts, params, seeds):
+        t = time.perf_counter()
+        out = self.inner.generate(prompts, params, seeds)
+        if not params.greedy:  # evaluation is not part of the emulated pipeline
+            _pad(t, group_time(self.cfg, seeds))
+        return out
+
+    def load_weights(self, named_tensors, version: int) -> None:
+        self.inner.load_weights(named_tensors, version)
+
+
+class EmulatedTrainer:
+    """Wraps a trainer engine; train_step() takes the emulated device time (at least)."""
+
+    def __init__(self, inner: Any, cfg: EmulationConfig, run_seed: int, prompts_per_step: int, dp: int):
+        self.inner, self.cfg, self.run_seed, self.P, self.dp = inner, cfg, run_seed, prompts_per_step, dp
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def train_step(self, rows):
+        from asyncflow_hpc.workflow.common import derive_seed
+
+        t = time.perf_counter()
+        out = self.inner.train_step(rows)
+        seeds = [derive_seed(self.run_seed, r.prompt_id // self.P, r.prompt_id, r.sample_index) for r in rows]
+        _pad(t, train_time(self.cfg, seeds, self.dp))
+        return out

@@ -1,0 +1,45 @@
+"""Build the configured rollout and trainer engines (heavy adapters imported only when chosen)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asyncflow_hpc.engines.base import RolloutEngine, SamplingParams, TrainerEngine
+
+
+def sampling_params(rollout_cfg: Any, eos_id: int, *, greedy: bool = False) -> SamplingParams:
+    max_new = rollout_cfg.max_new_tokens
+    if greedy and rollout_cfg.eval_max_new_tokens > 0:
+        max_new = rollout_cfg.eval_max_new_tokens
+    return SamplingParams(max_new_tokens=max_new, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
+                          top_k=rollout_cfg.top_k, greedy=greedy, stop_token_ids=(eos_id,))
+
+
+def make_rollout(cfg: Any, model: Any, device: str, *, seed: int = 0) -> RolloutEngine:
+    """`cfg` is the JobConfig. The torch engine shares `model`; vLLM engines load cfg.model.path."""
+    engine = cfg.rollout.engine
+    if engine == "torch":
+        from asyncflow_hpc.engines.torch_rollout import TorchRolloutEngine
+
+        return TorchRolloutEngine(model, device=device)
+    from asyncflow_hpc.engines.vllm_rollout import VLLMRolloutEngine
+    from asyncflow_hpc.errors import ConfigError
+    from asyncflow_hpc.models.hf import expand_path
+
+    if not cfg.model.path:
+        raise ConfigError(f"rollout.engine={engine} needs model.path (a local HF model directory)")
+    return VLLMRolloutEngine(expand_path(cfg.model.path), dtype=cfg.model.dtype, seed=seed,
+                             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                             ascend=engine == "vllm_ascend")
+
+
+def make_trainer(cfg: Any, model: Any, *, pad_id: int, group: Any, device: str) -> TrainerEngine:
+    kwargs = dict(trainer_cfg=cfg.trainer, algo_cfg=cfg.algorithm, temperature=cfg.rollout.temperature,
+                  pad_id=pad_id, group=group, device=device)
+    if cfg.trainer.engine == "mindspeed":
+        from asyncflow_hpc.engines.mindspeed_trainer import MindSpeedTrainerEngine
+
+        return MindSpeedTrainerEngine(model, **kwargs)
+    from asyncflow_hpc.engines.torch_trainer import TorchTrainerEngine
+
+    return TorchTrainerEngine(model, **kwargs)

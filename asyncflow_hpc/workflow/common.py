@@ -1,0 +1,152 @@
+"""Pieces shared by the sync and async workflows: seeds, prompt schedule, task setup, rows, evaluation.
+
+Reproducibility rules (../shared/DESIGN.md): a row's seed is derive_seed(run seed, step, prompt id,
+sample index); the prompt id is the global draw index (step * prompts_per_step + j), unique within
+a run; the dataset example behind it comes from a per-epoch permutation of the run seed. So any
+row can be regenerated, whichever rank produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from asyncflow_hpc.data.loaders import Example
+from asyncflow_hpc.engines.base import Generation, Row
+
+
+def derive_seed(run_seed: int, step: int, prompt_id: int, sample_index: int) -> int:
+    """A 63-bit seed that depends only on its four arguments (stable across processes and versions)."""
+    data = struct.pack("<4q", run_seed, step, prompt_id, sample_index)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+
+
+def step_prompt_ids(step: int, prompts_per_step: int) -> list[int]:
+    """Global prompt ids drawn at `step`."""
+    return list(range(step * prompts_per_step, (step + 1) * prompts_per_step))
+
+
+def example_index(run_seed: int, prompt_id: int, num_examples: int) -> int:
+    """Dataset example behind a global prompt id: epoch e = id // N walks a permutation seeded by (seed, e)."""
+    epoch, pos = divmod(prompt_id, num_examples)
+    perm = list(range(num_examples))
+    random.Random(derive_seed(run_seed, -1, epoch, 0)).shuffle(perm)
+    return perm[pos]
+
+
+@dataclass
+class Task:
+    """Everything a rank needs to roll out and score: tokenizer, model, data, reward."""
+
+    tokenizer: Any
+    model: Any
+    train: list[Example]
+    test: list[Example]
+    reward_fn: Callable[[str, str, str], float]
+    prompt_ids: Callable[[Example], list[int]]
+    prompt_text: Callable[[Example], str]
+
+
+def build_task(cfg: Any, device: str) -> Task:
+    """Model, tokenizer, data and reward from the JobConfig (the synthetic task when data.train_path is empty)."""
+    from asyncflow_hpc.data import synthetic
+    from asyncflow_hpc.data.loaders import DataError, load_examples
+    from asyncflow_hpc.models.hf import build_policy
+    from asyncflow_hpc.models.tokenizer import CharTokenizer
+    from asyncflow_hpc.rewards.math_verify import math_reward
+    from asyncflow_hpc.rewards.registry import make_reward_fn
+
+    d = cfg.data
+    if d.train_path:
+        train = load_examples(d.train_path, question_key=d.question_key, answer_key=d.answer_key)
+        if d.test_path:
+            test = load_examples(d.test_path, question_key=d.question_key, answer_key=d.answer_key,
+                                 limit=d.eval_size if d.eval_size else 1)
+        else:
+            test, train = train[:d.eval_size], train[d.eval_size:]
+        verifier = math_reward
+        if not cfg.model.path:
+            from asyncflow_hpc.errors import ConfigError
+
+            raise ConfigError(f"data.train_path={d.train_path!r} needs model.path (a local HF model directory "
+                              f"with its tokenizer); the tiny embedded model only covers the synthetic task")
+        model, tok = build_policy(cfg.model, None, device)
+    else:
+        train, test = synthetic.make_task(d.synthetic_task, d.synthetic_digits, d.synthetic_train,
+                                          d.synthetic_test, cfg.run.seed)
+        verifier = synthetic.exact_reward
+        model, tok = build_policy(cfg.model, CharTokenizer(synthetic.ALPHABET), device)
+
+    def text(ex: Example) -> str:
+        return d.prompt_template.replace("{question}", ex.question)
+
+    def ids(ex: Example) -> list[int]:
+        t = text(ex)
+        if d.chat_template and hasattr(tok, "encode_chat"):
+            return tok.encode_chat(t)
+        return tok.encode(t)
+
+    keep = [ex for ex in train if len(ids(ex)) <= d.max_prompt_tokens]
+    if not keep:
+        raise DataError(f"data.max_prompt_tokens={d.max_prompt_tokens}: every training prompt is longer")
+    return Task(tokenizer=tok, model=model, train=keep, test=test,
+                reward_fn=make_reward_fn(cfg.reward, verifier), prompt_ids=ids, prompt_text=text)
+
+
+def generate_groups(engine: Any, task: Task, prompt_ids: Sequence[int], *, run_seed: int, step: int, n: int,
+                    params: Any, version: int) -> list[Row]:
+    """Generate and score the n samples of each global prompt id (one group = one engine batch)."""
+    rows: list[Row] = []
+    for pid in prompt_ids:
+        ex = task.train[example_index(run_seed, pid, len(task.train))]
+        p = task.prompt_ids(ex)
+        seeds = [derive_seed(run_seed, step, pid, k) for k in range(n)]
+        gens: list[Generation] = engine.generate([p] * n, params, seeds)
+        text = task.prompt_text(ex)
+        for k, g in enumerate(gens):
+            resp = task.tokenizer.decode(g.response_ids)
+            rows.append(Row(prompt_id=pid, sample_index=k, prompt_ids=p, response_ids=g.response_ids,
+                            behav_logprobs=g.logprobs, version=version,
+                            reward=task.reward_fn(text, resp, ex.reference),
+                            extra={"example": ex.id, "finished": g.finished}))
+    return rows
+
+
+def assign_advantages(rows: list[Row], algo_cfg: Any) -> None:
+    """Fill row.advantage for a whole global batch (GRPO: per prompt group; ppo: batch baseline)."""
+    from asyncflow_hpc.algorithms.advantages import batch_baseline_advantages, grpo_advantages
+
+    rewards = [r.reward for r in rows]
+    if algo_cfg.name == "grpo":
+        adv = grpo_advantages(rewards, [r.prompt_id for r in rows], norm_std=algo_cfg.norm_adv_by_std,
+                              eps=algo_cfg.adv_eps)
+    else:
+        adv = batch_baseline_advantages(rewards)
+    for r, a in zip(rows, adv):
+        r.advantage = a
+
+
+def evaluate_local(engine: Any, task: Task, examples: Sequence[Example], params: Any) -> tuple[float, float, int]:
+    """Greedy answers to `examples`: (sum of rewards, number correct (reward > 0.5), count)."""
+    total, correct = 0.0, 0
+    for ex in examples:
+        (g,) = engine.generate([task.prompt_ids(ex)], params, [0])
+        r = task.reward_fn(task.prompt_text(ex), task.tokenizer.decode(g.response_ids), ex.reference)
+        total += r
+        correct += int(r > 0.5)
+    return total, correct, len(examples)
+
+
+def sft_pairs(task: Task, step: int, batch: int, run_seed: int, targets: str) -> list[tuple[list[int], list[int]]]:
+    """Supervised warm-up batch: prompt -> answer + eos. targets='shuffled' pairs each prompt with the
+    answer of a random OTHER example, which teaches the answer format but not the task."""
+    rng = random.Random(derive_seed(run_seed, -2, step, 0))
+    out = []
+    for _ in range(batch):
+        ex = task.train[rng.randrange(len(task.train))]
+        src = task.train[rng.randrange(len(task.train))] if targets == "shuffled" else ex
+        out.append((task.prompt_ids(ex), task.tokenizer.encode(src.answer) + [task.tokenizer.eos_id]))
+    return out

@@ -1,0 +1,152 @@
+"""The synchronous, colocated on-policy baseline: every rank generates its share, then all train.
+
+    run_sync(cfg, comms)   # under: mpiexec -n 4 python -m asyncflow_hpc.main configs/default.yaml
+
+Step v: the step's prompt groups are split contiguously over the ranks; each rank generates its
+groups with policy v (seeds from (run seed, v, prompt id, sample index)) and scores them; rows
+are all-gathered over MPI; advantages are computed on the global batch; every rank runs the same
+data-parallel train step over comms.trainer_group. Held-out accuracy is measured (greedy) at the
+start and at the end, and rank 0 prints both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from asyncflow_hpc.engines.batching import split_even
+from asyncflow_hpc.workflow import common
+
+
+def _span(recorder: Any, name: str, **attrs: Any):
+    return recorder.span(name, **attrs) if recorder is not None else contextlib.nullcontext()
+
+
+def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) -> dict[str, float]:
+    """Held-out accuracy and mean reward over data.eval_size prompts, split over all ranks."""
+    examples = task.test[:cfg.data.eval_size]
+    world = comms.world.Get_size()
+    mine = split_even(examples, world)[comms.rank]
+    total, correct, count = common.evaluate_local(engine, task, mine, params)
+    parts = comms.world.allgather((total, correct, count))
+    total, correct, count = (sum(p[i] for p in parts) for i in range(3))
+    return {"accuracy": correct / max(count, 1), "mean_reward": total / max(count, 1), "count": count}
+
+
+def run_sync(cfg: Any, comms: Any, recorder: Any = None) -> dict:
+    import torch
+
+    from asyncflow_hpc.engines.factory import make_rollout, make_trainer, sampling_params
+
+    torch.set_num_threads(cfg.device.threads_per_rank)
+    t0 = time.perf_counter()
+    lead = comms.rank == 0
+    device = comms.device.torch_device
+    task = common.build_task(cfg, device)
+    tok = task.tokenizer
+    trainer = make_trainer(cfg, task.model, pad_id=tok.pad_id, group=comms.trainer_group, device=device)
+    trainer.broadcast_parameters()
+    rollout = make_rollout(cfg, task.model, device, seed=cfg.run.seed)
+    sample_params = sampling_params(cfg.rollout, tok.eos_id)
+    greedy = sampling_params(cfg.rollout, tok.eos_id, greedy=True)
+    _warmup(cfg, comms, trainer, task, recorder)
+    _sync_rollout_weights(cfg, trainer, rollout)
+    out: dict[str, Any] = {"history": []}
+    if cfg.data.eval_size:
+        with _span(recorder, "evaluate", when="start"):
+            out["eval_start"] = evaluate(cfg, comms, rollout, task, greedy)
+        if lead:
+            _print_eval("start", out["eval_start"])
+    bar = _progress(cfg, lead)
+    for step in range(cfg.workflow.steps):
+        metrics = _one_step(cfg, comms, trainer, rollout, task, sample_params, step, recorder)
+        out["history"].append(metrics)
+        if cfg.data.eval_size and cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0 \
+                and step + 1 < cfg.workflow.steps:
+            metrics["eval_accuracy"] = evaluate(cfg, comms, rollout, task, greedy)["accuracy"]
+        if bar is not None:
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:+.4f}",
+                            len=f"{metrics['response_len']:.1f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if cfg.data.eval_size:
+        with _span(recorder, "evaluate", when="end"):
+            out["eval_end"] = evaluate(cfg, comms, rollout, task, greedy)
+        if lead:
+            _print_eval("end", out["eval_end"])
+    _save(cfg, comms, task)
+    out["wall_s"] = time.perf_counter() - t0
+    out["version"] = trainer.version
+    return out
+
+
+def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder) -> dict[str, float]:
+    pids = common.step_prompt_ids(step, cfg.data.prompts_per_step)
+    mine = split_even(pids, comms.world.Get_size())[comms.rank]
+    t = time.perf_counter()
+    with _span(recorder, "generate", step=step, groups=len(mine)):
+        local = common.generate_groups(rollout, task, mine, run_seed=cfg.run.seed, step=step, n=cfg.rollout.n,
+                                       params=params, version=rollout.version)
+    t_gen = time.perf_counter() - t
+    if recorder is not None:
+        for r in local:
+            recorder.sample(prompt_id=r.prompt_id, sample_index=r.sample_index, version=r.version,
+                            consumer_version=trainer.version, reward=r.reward, length=len(r.response_ids),
+                            rank=comms.rank)
+    rows = [r for part in comms.world.allgather(local) for r in part]
+    common.assign_advantages(rows, cfg.algorithm)
+    t = time.perf_counter()
+    with _span(recorder, "train", step=step, rows=len(rows)):
+        metrics = trainer.train_step(rows)
+    _sync_rollout_weights(cfg, trainer, rollout)
+    metrics.update(step=float(step), reward_mean=sum(r.reward for r in rows) / len(rows),
+                   response_len=sum(len(r.response_ids) for r in rows) / len(rows),
+                   gen_s=t_gen, train_s=time.perf_counter() - t)
+    return metrics
+
+
+def _sync_rollout_weights(cfg, trainer, rollout) -> None:
+    """Colocated torch engines share the model object; other engines get the weights loaded."""
+    if cfg.rollout.engine == "torch" and getattr(rollout, "model", None) is trainer.model:
+        rollout.version = trainer.version
+    else:
+        rollout.load_weights(trainer.named_parameters_for_broadcast(), trainer.version)
+
+
+def _warmup(cfg, comms, trainer, task, recorder) -> None:
+    steps = cfg.trainer.sft_warmup_steps
+    if not steps:
+        return
+    with _span(recorder, "sft_warmup", steps=steps):
+        for s in range(steps):
+            loss = trainer.sft_step(common.sft_pairs(task, s, cfg.trainer.sft_batch, cfg.run.seed,
+                                                     cfg.trainer.sft_targets))
+    if comms.rank == 0:
+        print(f"supervised warm-up: {steps} steps on {cfg.trainer.sft_targets} targets, final loss {loss:.3f}",
+              flush=True)
+
+
+def _print_eval(when: str, ev: dict) -> None:
+    print(f"held-out accuracy at {when}: {ev['accuracy']:.3f}  (mean reward {ev['mean_reward']:.3f}, "
+          f"{ev['count']} prompts, greedy)", flush=True)
+
+
+def _progress(cfg, lead: bool):
+    if not lead:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.workflow.steps, desc="grpo sync" if cfg.algorithm.name == "grpo" else "ppo sync",
+                unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def _save(cfg, comms, task) -> None:
+    if not cfg.model.save_path or comms.rank != 0:
+        return
+    from asyncflow_hpc.models.hf import save_pretrained
+
+    path = cfg.model.save_path.replace("{run_dir}", cfg.run.resolved_dir)
+    save_pretrained(task.model, task.tokenizer, path)
+    print(f"saved the final policy to {path}", flush=True)
