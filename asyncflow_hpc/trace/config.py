@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from asyncflow_hpc.configlib import opt
+from asyncflow_hpc.configlib import fail, opt
 
 
 @dataclass(kw_only=True)
@@ -13,3 +13,15 @@ class TraceConfig:
 
     enabled: bool = opt(True, "Record a trace of this run.")
     path: str = opt("", "Trace file; empty = <run.dir>/trace.h5.")
+    flush_rows: int = opt(65536, "Events a rank buffers in memory before appending them to its per-rank file.")
+    keep_rank_files: bool = opt(False, "Keep the per-rank files (trace.rankNNNNN.h5) after rank 0 merges them.")
+    clock_sync_rounds: int = opt(16, "Ping-pong rounds per rank when aligning clocks to rank 0 (min-RTT sample wins).")
+    timeout_s: float = opt(300.0, "Timeout of the clock sync and of waiting for every rank to close its file.")
+
+    def __post_init__(self) -> None:
+        if self.flush_rows < 1:
+            raise fail("flush_rows", f"must be >= 1, got {self.flush_rows}")
+        if self.clock_sync_rounds < 1:
+            raise fail("clock_sync_rounds", f"must be >= 1, got {self.clock_sync_rounds}")
+        if self.timeout_s <= 0:
+            raise fail("timeout_s", f"must be > 0, got {self.timeout_s}")
