@@ -1,0 +1,268 @@
+"""Rollout side of the weight sync: receive version v+1 in the background, swap it in at a generation boundary.
+
+    receiver = WeightReceiver(comms.weight_group, plan, src=leader, rank=rank, cfg=cfg, last_version=0)
+    receiver.start()                        # background thread: header -> checksums -> buckets -> staged
+    ... generate with the current weights ...
+    if receiver.poll() is not None:         # a newer version is staged (raises the thread's error, if any)
+        receiver.swap(engine.load_weights)  # load_weights(named_tensors, version); the only exposed cost
+    receiver.close()
+
+Deferred update: the thread writes into a host staging buffer the engine does not read, verifies
+each bucket's checksum while later buckets are still arriving, then marks the version staged. With
+two staging buffers (weights.staging_buffers=2) version v+2 can arrive while v+1 waits for its swap;
+the newest staged version wins and the skipped one is counted. Tensors handed to `apply_fn` are views
+into the staging buffer, valid only during the call: the engine must copy them (load_weights does).
+
+Threading rule: while the thread runs it is the only user of the weight group on this rank; the main
+thread only touches the staging buffers through poll/swap/wait_staged (a lock guards them).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from asyncflow_hpc.weights.buckets import BucketPlan
+from asyncflow_hpc.weights.checksum import bucket_checksum
+from asyncflow_hpc.weights.config import WeightSyncConfig
+from asyncflow_hpc.weights.errors import ChecksumError, WaitTimeout, WeightSyncError
+from asyncflow_hpc.weights.flat import FlatBuffer
+from asyncflow_hpc.weights.wire import (HEADER_WORDS, KIND_STOP, Stopped, check_header, decode_header, pipeline,
+                                        wait_work)
+
+
+@dataclass
+class RecvStats:
+    version: int
+    nbytes: int
+    recv_s: float  # header received -> last bucket verified (background)
+    verify_s: float  # checksum time inside recv_s (overlapped with later buckets)
+    t_header: float = 0.0  # time.monotonic() when the header arrived
+    t_staged: float = 0.0  # time.monotonic() when the version was staged
+    swap_s: float = 0.0  # apply_fn time (the exposed cost)
+
+
+class WeightReceiver:
+    """Receives weights broadcast by `src` over `group` into host staging buffers."""
+
+    def __init__(self, group, plan: BucketPlan, *, src: int, rank: int, role: str = "rollout",
+                 cfg: WeightSyncConfig | None = None, last_version: int = -1, comm_device: str = "cpu",
+                 backend: str | None = None):
+        import torch
+        import torch.distributed as dist
+
+        self.group, self.plan, self.src, self.rank, self.role = group, plan, src, rank, role
+        self.cfg = cfg or WeightSyncConfig()
+        self.backend = backend or str(dist.get_backend(group))
+        self.comm_device = comm_device
+        self.buffers = [FlatBuffer(plan, "cpu", pin=comm_device != "cpu") for _ in range(self.cfg.staging_buffers)]
+        biggest = max((b.nbytes for b in plan.buckets), default=0)
+        self._dev = ([torch.empty(biggest, dtype=torch.uint8, device=comm_device) for _ in range(2)]
+                     if comm_device != "cpu" else None)
+        self.applied_version = last_version
+        self.skipped_versions = 0
+        self.stats: list[RecvStats] = []
+        self._staged: tuple[int, int] | None = None  # (buffer index, version)
+        self._in_use: int | None = None  # buffer being swapped
+        self._newest = last_version  # newest version staged or applied
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._ended = False  # the sender sent STOP
+        self._pending: dict[int, RecvStats] = {}
+
+    # -- main-thread API ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background thread that receives every version until the sender's close()."""
+        if self._thread is not None:
+            raise RuntimeError("WeightReceiver.start() called twice")
+        self._thread = threading.Thread(target=self._loop, name=f"weight-recv-r{self.rank}", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> int | None:
+        """The newest staged (received, verified, not yet swapped) version, or None. Raises the thread's error."""
+        with self._cond:
+            self._raise_error()
+            return self._staged[1] if self._staged else None
+
+    def wait_staged(self, min_version: int, timeout_s: float | None = None) -> int:
+        """Block until a version >= min_version is staged (or applied); for a rollout the staleness bound stops."""
+        limit = self.cfg.version_wait_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        with self._cond:
+            while True:
+                self._raise_error()
+                if self._staged and self._staged[1] >= min_version:
+                    return self._staged[1]
+                if self.applied_version >= min_version:
+                    return self.applied_version
+                if self._ended:
+                    raise WeightSyncError(f"the trainer leader (rank {self.src}) closed the weight sync before "
+                                          f"version {min_version} arrived", rank=self.rank, role=self.role,
+                                          version=min_version)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(f"timed out after {limit:.1f} s waiting for weight version >= {min_version} "
+                                      f"from trainer leader rank {self.src} (newest here: {self._newest})",
+                                      rank=self.rank, role=self.role)
+                self._cond.wait(min(left, 1.0))
+
+    def swap(self, apply_fn: Callable[[list, int], object]) -> int | None:
+        """At a generation boundary: hand the staged version to apply_fn(named_tensors, version)."""
+        with self._cond:
+            self._raise_error()
+            if self._staged is None:
+                return None
+            idx, version = self._staged
+            self._staged, self._in_use = None, idx
+        t0 = time.perf_counter()
+        try:
+            apply_fn(self.buffers[idx].named(), version)
+        finally:
+            with self._cond:
+                self._in_use = None
+                self._cond.notify_all()
+        swap_s = time.perf_counter() - t0
+        with self._cond:
+            self.applied_version = version
+            st = self._pending.pop(version, None)
+            if st is not None:
+                st.swap_s = swap_s
+                self.stats.append(st)
+        return version
+
+    def receive(self) -> int | None:
+        """Receive one version in the caller's thread (no background thread); None when the sender closed."""
+        if self._thread is not None:
+            raise RuntimeError("receive() while the background thread runs; use poll()/wait_staged()")
+        return self._receive_one()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread (it ends by itself after the sender's close()); pending receives are abandoned."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- background thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._receive_one() is None:
+                    break
+        except Stopped:
+            pass
+        except BaseException as exc:  # surfaced in the main thread by poll/swap/wait_staged
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def _receive_one(self) -> int | None:
+        import torch
+
+        # Header and checksums are posted together (one turnaround); the checksums' size comes from our
+        # own plan, so the header is validated before anything else is trusted.
+        hdr_t, hdr_w = self._post_control(torch.zeros(HEADER_WORDS, dtype=torch.int64))
+        sum_t, sum_w = self._post_control(torch.zeros(2 * len(self.plan.buckets), dtype=torch.int64))
+        wait_work(hdr_w, timeout_s=self.cfg.version_wait_s, rank=self.rank, role=self.role, backend=self.backend,
+                  what=f"the header of the next weight version (> {self._newest}) from trainer leader rank "
+                       f"{self.src}", stop=self._stop)
+        h = decode_header([int(x) for x in hdr_t.cpu().tolist()])
+        check_header(h, layout_hash=self.plan.layout_hash, n_buckets=len(self.plan.buckets),
+                     total_bytes=self.plan.total_bytes, algorithm=self.cfg.checksum, newest_version=self._newest,
+                     rank=self.rank, role=self.role, src=self.src)
+        if h.kind == KIND_STOP:  # the checksum receive stays pending: nothing follows STOP on this group
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+            return None
+        t0, t_header = time.perf_counter(), time.monotonic()
+        wait_work(sum_w, timeout_s=self.cfg.timeout_s, rank=self.rank, role=self.role, backend=self.backend,
+                  what=f"bucket checksums from trainer leader rank {self.src}", version=h.version, stop=self._stop)
+        sums = sum_t.cpu()
+        idx = self._free_buffer(h.version)
+        verify_s = self._receive_buckets(self.buffers[idx], sums.tolist(), h.version)
+        st = RecvStats(version=h.version, nbytes=self.plan.total_bytes, recv_s=time.perf_counter() - t0,
+                       verify_s=verify_s, t_header=t_header, t_staged=time.monotonic())
+        with self._cond:
+            if self._staged is not None:
+                self.skipped_versions += 1  # the older staged version is never applied
+                self._pending.pop(self._staged[1], None)
+            self._staged = (idx, h.version)
+            self._newest = h.version
+            self._pending[h.version] = st
+            self._cond.notify_all()
+        return h.version
+
+    def _post_control(self, cpu_tensor):
+        import torch.distributed as dist
+
+        t = cpu_tensor if self._dev is None else cpu_tensor.to(self.comm_device)
+        return t, dist.broadcast(t, src=self.src, group=self.group, async_op=True)
+
+    def _free_buffer(self, version: int) -> int:
+        """A staging buffer neither staged nor being swapped (waits for a running swap, with a timeout)."""
+        deadline = time.monotonic() + self.cfg.timeout_s
+        with self._cond:
+            while True:
+                busy = {self._in_use}
+                if self._staged is not None and len(self.buffers) > 1:
+                    busy.add(self._staged[0])  # keep the staged version swappable while receiving
+                free = [i for i in range(len(self.buffers)) if i not in busy]
+                if free:
+                    if self._staged is not None and self._staged[0] == free[0]:
+                        self._staged = None  # single buffer: overwrite the unswapped version
+                        self.skipped_versions += 1
+                    return free[0]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(f"timed out after {self.cfg.timeout_s:.1f} s waiting for a free staging "
+                                      f"buffer for version {version} (a swap did not finish)",
+                                      rank=self.rank, role=self.role)
+                self._cond.wait(min(left, 1.0))
+
+    def _receive_buckets(self, buf: FlatBuffer, sums: list[int], version: int) -> float:
+        import torch.distributed as dist
+
+        n = len(self.plan.buckets)
+        bad: list[int] = []
+        verify = [0.0]
+
+        def post(k: int):
+            target = buf.bucket(k) if self._dev is None else self._dev[k % 2][: self.plan.buckets[k].nbytes]
+            return dist.broadcast(target, src=self.src, group=self.group, async_op=True)
+
+        def finish(k: int, work) -> None:
+            wait_work(work, timeout_s=self.cfg.timeout_s, what=f"bucket {k}/{n} from trainer leader rank {self.src}",
+                      rank=self.rank, role=self.role, version=version, bucket=k, backend=self.backend,
+                      stop=self._stop)
+            t0 = time.perf_counter()
+            data = buf.bucket(k) if self._dev is None else self._dev[k % 2][: self.plan.buckets[k].nbytes]
+            got = bucket_checksum(data, self.cfg.checksum)
+            if self._dev is not None:
+                buf.bucket(k).copy_(data)
+            verify[0] += time.perf_counter() - t0
+            if list(got) != sums[2 * k: 2 * k + 2]:
+                bad.append(k)
+
+        # Keep receiving after a bad bucket so sender and receivers stay in step on the group.
+        pipeline(n, post, finish, depth=n if self._dev is None else 2)
+        if bad:
+            b = self.plan.buckets[bad[0]]
+            raise ChecksumError(
+                f"weight version {version}: bucket {bad[0]} of {n} (bytes {b.start}..{b.end}, tensors "
+                f"{', '.join(b.names[:3])}{'...' if len(b.names) > 3 else ''}) failed its checksum"
+                f"{f' ({len(bad)} buckets bad: {bad[:8]})' if len(bad) > 1 else ''}; the staged copy is "
+                "discarded -- check the interconnect / host memory of this rank and the trainer leader",
+                rank=self.rank, role=self.role, version=version, bucket=bad[0])
+        return verify[0]

@@ -1,0 +1,242 @@
+"""Trainer-leader side of the weight sync: snapshot full weights into buckets, broadcast them in the background.
+
+    plan = plan_for(model.named_parameters(), cfg)           # the same plan on every rank of the group
+    sender = WeightSender(comms.weight_group, plan, src=leader, rank=rank, cfg=cfg)
+    handle = sender.send_async(model.named_parameters(), version=step + 1)   # returns after the snapshot
+    ... keep training ...
+    handle.wait()                                            # SendStats; raises WaitTimeout/WeightSyncError
+    sender.close()                                           # tells receivers the run is over
+
+Threading rule: one background thread per sender owns the weight group while a send is in flight;
+`send_async` first waits for the previous send, and no other code may issue collectives on the weight
+group meanwhile (other groups and MPI are fine). The snapshot (`pack`: one copy of the weights into
+the host buffer plus the checksums) runs in the caller's thread, so the caller may change the weights
+as soon as `send_async` returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from asyncflow_hpc.weights.buckets import BucketPlan, check_named, dtype_name
+from asyncflow_hpc.weights.checksum import ALGORITHMS, bucket_checksum
+from asyncflow_hpc.weights.config import WeightSyncConfig
+from asyncflow_hpc.weights.errors import VersionError, WaitTimeout, WeightSyncError
+from asyncflow_hpc.weights.flat import FlatBuffer
+from asyncflow_hpc.weights.wire import KIND_STOP, KIND_WEIGHTS, Header, pipeline, wait_work
+
+
+@dataclass
+class SendStats:
+    version: int
+    nbytes: int
+    n_buckets: int
+    pack_s: float  # snapshot copy + checksums, in the caller's thread (exposed to the trainer)
+    send_s: float  # header to last bucket delivered, in the background thread
+
+
+class SendHandle:
+    """A send in flight: `wait(timeout_s)` returns SendStats or raises the send's error."""
+
+    def __init__(self, version: int, limit_s: float, rank: int, role: str):
+        self.version = version
+        self.stats: SendStats | None = None
+        self.error: BaseException | None = None
+        self._limit_s, self._rank, self._role = limit_s, rank, role
+        self._thread: threading.Thread | None = None
+
+    def done(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    def wait(self, timeout_s: float | None = None) -> SendStats:
+        limit = self._limit_s if timeout_s is None else timeout_s
+        if self._thread is not None:
+            self._thread.join(limit)
+            if self._thread.is_alive():
+                raise WaitTimeout(f"timed out after {limit:.1f} s waiting for the background send of weight "
+                                  f"version {self.version} to finish", rank=self._rank, role=self._role)
+        if self.error is not None:
+            raise self.error
+        assert self.stats is not None
+        return self.stats
+
+
+class WeightSender:
+    """Broadcasts full weights from `src` (this rank) to the rest of `group`, bucket by bucket."""
+
+    def __init__(self, group, plan: BucketPlan, *, src: int, rank: int, role: str = "trainer",
+                 cfg: WeightSyncConfig | None = None, comm_device: str = "cpu", backend: str | None = None):
+        import torch
+        import torch.distributed as dist
+
+        if src != rank:
+            raise ValueError(f"WeightSender runs on the source rank {src}, not on rank {rank}")
+        self.group, self.plan, self.src, self.rank, self.role = group, plan, src, rank, role
+        self.cfg = cfg or WeightSyncConfig()
+        self.backend = backend or str(dist.get_backend(group))
+        self.flat = FlatBuffer(plan, "cpu", pin=comm_device != "cpu")
+        self.checksums = torch.zeros(2 * len(plan.buckets), dtype=torch.int64)
+        self.comm_device = comm_device
+        biggest = max((b.nbytes for b in plan.buckets), default=0)
+        # Off the host (NCCL/HCCL) buckets go through two device buffers; on CPU they are sent in place.
+        self._dev = ([torch.empty(biggest, dtype=torch.uint8, device=comm_device) for _ in range(2)]
+                     if comm_device != "cpu" else None)
+        self._last_version: int | None = None
+        self._handle: SendHandle | None = None
+        self._corrupt_next: int | None = None
+        self._closed = False
+        self._packed_s: float | None = None
+
+    # -- snapshot -------------------------------------------------------------------------------
+    def pack(self, named: Iterable[tuple[str, object]]) -> float:
+        """Copy (name, tensor) pairs, in plan order, into the flat buffer and checksum every bucket.
+
+        Waits first for a send still in flight: its bytes live in the same buffer.
+        """
+        self._finish_previous()
+        t0 = time.perf_counter()
+        names = []
+        index = {p.name: i for i, p in enumerate(self.plan.tensors)}
+        for name, tensor in named:
+            names.append(name)
+            i = index.get(name)
+            if i is None:
+                continue  # reported below with the whole difference
+            spec = self.plan.tensors[i].spec
+            if tuple(tensor.shape) != spec.shape or dtype_name(tensor.dtype) != spec.dtype:
+                raise WeightSyncError(f"tensor {name!r} is {dtype_name(tensor.dtype)}{list(tensor.shape)} but the "
+                                      f"weight plan says {spec.dtype}{list(spec.shape)}; rebuild the plan "
+                                      "from the model being sent", rank=self.rank, role=self.role)
+            self.flat.tensor(i).copy_(tensor.detach())
+        diff = check_named(self.plan, names)
+        if diff:
+            raise WeightSyncError(f"named tensors given to the weight sender differ from the plan: {diff}",
+                                  rank=self.rank, role=self.role)
+        for k in range(len(self.plan.buckets)):
+            s1, s2 = bucket_checksum(self.flat.bucket(k), self.cfg.checksum)
+            self.checksums[2 * k], self.checksums[2 * k + 1] = s1, s2
+        if self._corrupt_next is not None:  # test hook: damage a bucket AFTER its checksum was taken
+            b = self.plan.buckets[self._corrupt_next]
+            self.flat.data[b.start + b.nbytes // 2] ^= 0x5A
+            self._corrupt_next = None
+        self._packed_s = time.perf_counter() - t0
+        return self._packed_s
+
+    def inject_corruption(self, bucket: int) -> None:
+        """Test hook: flip bits in `bucket` of the next send after its checksum is computed."""
+        if not 0 <= bucket < len(self.plan.buckets):
+            raise ValueError(f"bucket {bucket} outside 0..{len(self.plan.buckets) - 1}")
+        self._corrupt_next = bucket
+
+    # -- sending --------------------------------------------------------------------------------
+    def send(self, named: Iterable[tuple[str, object]], version: int) -> SendStats:
+        return self.send_async(named, version).wait()
+
+    def send_async(self, named: Iterable[tuple[str, object]] | None, version: int) -> SendHandle:
+        """Snapshot now (caller's thread), broadcast in a background thread; one send in flight at a time.
+
+        named=None sends the snapshot taken by the last `pack()` call (pack early, send later).
+        """
+        if self._closed:
+            raise WeightSyncError("send after close()", rank=self.rank, role=self.role, version=version)
+        if self._last_version is not None and version <= self._last_version:
+            raise VersionError(f"weight version {version} is not newer than the last one sent "
+                               f"({self._last_version})", rank=self.rank, role=self.role, version=version)
+        self._finish_previous()
+        if named is None:
+            if self._packed_s is None:
+                raise WeightSyncError("send_async(None, ...) without a preceding pack()", rank=self.rank,
+                                      role=self.role, version=version)
+            pack_s = self._packed_s
+        else:
+            pack_s = self.pack(named)
+        self._packed_s = None  # a snapshot is sent once
+        self._last_version = version
+        handle = SendHandle(version, self._limit_s(), self.rank, self.role)
+        handle._thread = threading.Thread(target=self._run, args=(handle, version, pack_s),
+                                          name=f"weight-send-v{version}", daemon=True)
+        self._handle = handle
+        handle._thread.start()
+        return handle
+
+    def close(self) -> None:
+        """Wait for the last send, then broadcast a STOP header so receiver threads end cleanly."""
+        if self._closed:
+            return
+        self._finish_previous()
+        self._closed = True
+        self._header(Header(kind=KIND_STOP, version=self._last_version or 0, layout_hash=self.plan.layout_hash,
+                            n_buckets=0, total_bytes=0, algorithm=0), what="stop header delivery to rollout ranks")
+
+    def _finish_previous(self) -> None:
+        if self._handle is not None:
+            prev, self._handle = self._handle, None
+            prev.wait()
+
+    def _limit_s(self) -> float:
+        return self.cfg.timeout_s * (len(self.plan.buckets) + 2) + 10.0
+
+    def _run(self, handle: SendHandle, version: int, pack_s: float) -> None:
+        import torch
+
+        try:
+            t0 = time.perf_counter()
+            h = Header(kind=KIND_WEIGHTS, version=version, layout_hash=self.plan.layout_hash,
+                       n_buckets=len(self.plan.buckets), total_bytes=self.plan.total_bytes,
+                       algorithm=ALGORITHMS[self.cfg.checksum])
+            # Header, checksums and (on the host) every bucket are posted at once and awaited in order:
+            # no round trip between them. Receivers validate the header before posting the buckets.
+            control = [(self._post(self._control(torch.tensor(h.encode(), dtype=torch.int64))),
+                        "header delivery to rollout ranks"),
+                       (self._post(self._control(self.checksums)), "checksum delivery to rollout ranks")]
+            self._send_buckets(version, control)
+            handle.stats = SendStats(version=version, nbytes=self.plan.total_bytes, n_buckets=len(self.plan.buckets),
+                                     pack_s=pack_s, send_s=time.perf_counter() - t0)
+        except BaseException as exc:  # surfaced by handle.wait() in the caller's thread
+            handle.error = exc
+
+    def _control(self, tensor):
+        """Small control tensors travel on the comm device off the host (NCCL/HCCL cannot send host memory)."""
+        return tensor if self._dev is None else tensor.to(self.comm_device)
+
+    def _header(self, h: Header, *, what: str, version: int | None = None) -> None:
+        import torch
+
+        work = self._post(self._control(torch.tensor(h.encode(), dtype=torch.int64)))
+        self._wait(work, what=what, version=version)
+
+    def _post(self, tensor):
+        import torch.distributed as dist
+
+        return dist.broadcast(tensor, src=self.src, group=self.group, async_op=True)
+
+    def _wait(self, work, *, what: str, version: int | None, bucket: int | None = None) -> None:
+        wait_work(work, timeout_s=self.cfg.timeout_s, what=what, rank=self.rank, role=self.role,
+                  version=version, bucket=bucket, backend=self.backend)
+
+    def _send_buckets(self, version: int, control: list) -> None:
+        n = len(self.plan.buckets)
+
+        def wait_control() -> None:
+            for work, what in control:
+                self._wait(work, what=what, version=version)
+            control.clear()
+
+        def post(k: int):
+            if self._dev is None:
+                return self._post(self.flat.bucket(k))
+            buf = self._dev[k % 2][: self.plan.buckets[k].nbytes]
+            buf.copy_(self.flat.bucket(k), non_blocking=True)
+            return self._post(buf)
+
+        def finish(k: int, work) -> None:
+            wait_control()
+            self._wait(work, what=f"delivery of bucket {k}/{n} to rollout ranks", version=version, bucket=k)
+
+        if self._dev is not None:
+            wait_control()
+        pipeline(n, post, finish, depth=n if self._dev is None else 2)
+        wait_control()  # a layout without buckets
