@@ -14,10 +14,32 @@ class StoreConfig:
 
     transport: Literal["auto", "rma", "local"] = opt("auto", "rma: MPI windows; local: in-process twin; auto: rma when >1 rank.")
     capacity_rows: int = opt(4096, "Rows the store holds before producers block (back-pressure).")
+    unit_mb: float = opt(64.0, "Bytes of one storage unit (the RMA window of one storage rank), in MiB; a row must fit in one.")
+    storage: Literal["all", "servers"] = opt(
+        "all", "Which ranks hold storage units: all store participants, or only dedicated store ranks (topology.store_ranks).")
     timeout_s: float = opt(300.0, "Timeout of blocking put/get; the error names rank, role and what it waited for.")
+    poll_min_s: float = opt(5e-5, "First back-off sleep of a waiting put/get or of an idle controller.")
+    poll_max_s: float = opt(2e-3, "Longest back-off sleep of a waiting put/get or of an idle controller.")
+    spin_s: float = opt(3e-4, "How long the controller and a client awaiting a reply poll without sleeping after "
+                        "activity (a short spin keeps control round trips at tens of microseconds).")
+    ctrl_poll_max_s: float = opt(5e-4, "Longest back-off sleep of an idle controller (bounds the first request's latency).")
+    local_units: int = opt(2, "Storage units of the in-process twin (transport=local).")
 
     def __post_init__(self) -> None:
         if self.capacity_rows < 1:
             raise fail("capacity_rows", f"must be >= 1, got {self.capacity_rows}")
+        if self.unit_mb <= 0:
+            raise fail("unit_mb", f"must be > 0, got {self.unit_mb}")
         if self.timeout_s <= 0:
             raise fail("timeout_s", f"must be > 0, got {self.timeout_s}")
+        if not 0 < self.poll_min_s <= self.poll_max_s:
+            raise fail("poll_min_s", f"need 0 < poll_min_s <= poll_max_s, got {self.poll_min_s}, {self.poll_max_s}")
+        if self.spin_s < 0 or self.ctrl_poll_max_s < self.poll_min_s:
+            raise fail("spin_s", f"need spin_s >= 0 and ctrl_poll_max_s >= poll_min_s, got {self.spin_s}, "
+                                 f"{self.ctrl_poll_max_s}")
+        if self.local_units < 1:
+            raise fail("local_units", f"must be >= 1, got {self.local_units}")
+
+    @property
+    def unit_bytes(self) -> int:
+        return int(self.unit_mb * 1024 * 1024) // 8 * 8

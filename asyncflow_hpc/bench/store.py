@@ -1,0 +1,155 @@
+"""`asyncflow-hpc bench store [--quick] [--json] [--transferqueue]`: the sample store over real MPI ranks.
+
+Launches `mpiexec -n N python -m asyncflow_hpc.bench._store_worker` once per scenario:
+  grpo 1p/1c       GRPO rows (512 int32 prompt ids, 1,024 int32 response ids, 1,024 float32
+                   behaviour log-probs, a float32 reward; 10 KiB), one producer, one consumer
+  grpo 2p/2c       the same, two producers, two consumers, policy grpo_group (groups of 8)
+  small 1p/1c      12-byte rows (int64 + float32), batches of 256
+  1 MiB rows       puts then gets of 1 MiB rows, and in the same job raw MPI Put/Get + Flush and
+                   memcpy of the same bytes -> bw_over_memcpy
+Rank 0 of each job is a dedicated store rank (controller + storage). With --transferqueue the GRPO
+workload also runs on the PyPI `transferqueue` package in its own venv (created on first use under
+~/.cache/asyncflow_hpc/tq_venv) and vs_transferqueue = our grpo 1p/1c rows/s / theirs.
+--json prints one JSON object as the last line (rows_per_s, gbps, bw_over_memcpy, vs_transferqueue, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from asyncflow_hpc.errors import LaunchError
+
+ROOT = Path(__file__).resolve().parents[2]
+TQ_VENV = Path(os.environ.get("ASYNCFLOW_TQ_VENV", Path.home() / ".cache" / "asyncflow_hpc" / "tq_venv"))
+
+
+def _mpiexec(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.exists() else shutil.which("mpiexec")
+    if not found:
+        raise LaunchError("bench store: mpiexec not found next to python or on PATH; "
+                          "pip install mpich mpi4py (or pass --mpiexec PATH)")
+    return found
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"})
+    env.setdefault("OMPI_MCA_osc", "^ucx")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return None
+
+
+def run_scenario(mpiexec: str, ranks: int, scenario: str, extra: list[str], timeout: float) -> dict:
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "asyncflow_hpc.bench._store_worker",
+           "--scenario", scenario, *extra]
+    if "openmpi" in mpiexec.lower() or "ompi" in mpiexec.lower():
+        cmd.insert(1, "--oversubscribe")
+    try:
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"bench store: {' '.join(cmd)} ran past {timeout:.0f}s") from None
+    out = _last_json(proc.stdout)
+    if proc.returncode != 0 or out is None:
+        raise LaunchError(f"bench store: {' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    return out
+
+
+def ensure_tq_venv() -> Path:
+    """The transferqueue venv (it needs Ray and installs top-level packages: never in our venv)."""
+    py = TQ_VENV / "bin" / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import transfer_queue"], capture_output=True).returncode == 0:
+        return py
+    print(f"creating {TQ_VENV} with transferqueue (once)...", file=sys.stderr, flush=True)
+    base = shutil.which("python3") or sys.executable
+    for cmd in ([base, "-m", "venv", str(TQ_VENV)], [str(py), "-m", "pip", "install", "-q", "transferqueue"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LaunchError(f"bench store --transferqueue: {' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+    return py
+
+
+def run_tq(rows: int, timeout: float) -> dict:
+    py = ensure_tq_venv()
+    cmd = [str(py), str(Path(__file__).with_name("_store_tq.py")), "--rows", str(rows), "--batch", "64"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/tmp")
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"bench store: transferqueue run ran past {timeout:.0f}s") from None
+    out = _last_json(proc.stdout)
+    if proc.returncode != 0 or out is None:
+        raise LaunchError(f"bench store: transferqueue run exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    return out
+
+
+def scenarios(quick: bool) -> list[tuple[str, str, int, list[str]]]:
+    grpo = "6000" if quick else "30000"
+    return [("grpo 1p/1c", "grpo", 3, ["--producers", "1", "--rows", grpo]),
+            ("grpo 2p/2c grpo_group", "grpo", 5, ["--producers", "2", "--rows", grpo, "--policy", "grpo_group"]),
+            ("small 1p/1c", "small", 3, ["--producers", "1", "--rows", "50000" if quick else "200000",
+                                          "--batch", "256"]),
+            ("1 MiB rows", "bw", 3, ["--rows", "32", "--batch", "8", "--reps", "3" if quick else "6"])]
+
+
+def _table(results: dict[str, dict], tq: dict | None) -> str:
+    lines = [f"{'scenario':<24}{'rows/s':>12}{'GB/s':>9}{'get p50 ms':>12}{'get p99 ms':>12}"]
+    for name, r in results.items():
+        if "rows_per_s" in r:
+            lines.append(f"{name:<24}{r['rows_per_s']:>12.0f}{r['gbps']:>9.3f}{r['get_p50_ms']:>12.2f}{r['get_p99_ms']:>12.2f}")
+    if tq:
+        lines.append(f"{'transferqueue grpo':<24}{tq['rows_per_s']:>12.0f}{tq['gbps']:>9.3f}{tq['get_p50_ms']:>12.2f}"
+                     f"{tq['get_p99_ms']:>12.2f}")
+    bw = results.get("1 MiB rows")
+    if bw:
+        lines.append(f"1 MiB rows GB/s: store put {bw['store_put']:.2f} get {bw['store_get']:.2f} | raw MPI put "
+                     f"{bw['mpi_put']:.2f} get {bw['mpi_get']:.2f} | memcpy {bw['memcpy']:.2f} | "
+                     f"bw_over_memcpy {bw['bw_over_memcpy']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="asyncflow-hpc bench store", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small workloads, under a minute")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--transferqueue", action="store_true", help="also run the GRPO workload on PyPI transferqueue")
+    ap.add_argument("--mpiexec", help="mpiexec to launch the ranks with (default: the one beside python)")
+    args = ap.parse_args(argv)
+    mpiexec = _mpiexec(args.mpiexec)
+    results: dict[str, Any] = {}
+    for name, scenario, ranks, extra in scenarios(args.quick):
+        results[name] = run_scenario(mpiexec, ranks, scenario, extra, timeout=300)
+    tq = run_tq(1024 if args.quick else 4096, timeout=600) if args.transferqueue else None
+    main_r, bw = results["grpo 1p/1c"], results["1 MiB rows"]
+    summary = {"rows_per_s": main_r["rows_per_s"], "gbps": main_r["gbps"],
+               "get_p50_ms": main_r["get_p50_ms"], "get_p99_ms": main_r["get_p99_ms"],
+               "bw_over_memcpy": bw["bw_over_memcpy"], "bw_row_bytes": bw["row_bytes"],
+               "vs_transferqueue": (main_r["rows_per_s"] / tq["rows_per_s"]) if tq else None,
+               "transferqueue": tq, "scenarios": results, "mpiexec": mpiexec, "quick": args.quick}
+    print(_table(results, tq))
+    vs = "n/a" if tq is None else f"{summary['vs_transferqueue']:.1f}"
+    print(f"rows/s (grpo 1p/1c) {summary['rows_per_s']:.0f}; bw_over_memcpy {summary['bw_over_memcpy']:.2f}; "
+          f"vs_transferqueue {vs}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Control plane of the store (pure, no MPI): row slots, byte placement, ready bits, per-task claims.
+
+One instance lives in the controller (a store rank or a thread); the in-process twin calls it
+directly. Row slots form a bounded pool of `capacity_rows`; a row is recycled (slot and bytes
+freed) once every registered task has consumed and released it. Bytes are placed in storage units
+(one per storage rank), choosing the unit with the most free bytes, so bytes balance across ranks.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from asyncflow_hpc.store.policies import Candidates, resolve_policy
+from asyncflow_hpc.store.schema import Schema, SchemaError, StoreError, aligned, chunk_layout
+
+MAX_TASKS = 64
+END = "end"
+
+
+class Arena:
+    """First-fit byte allocator of one storage unit; freed extents coalesce with their neighbours."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self.starts: list[int] = [0] if size else []
+        self.sizes: list[int] = [self.size] if size else []
+        self.used = 0
+
+    @property
+    def free_bytes(self) -> int:
+        return self.size - self.used
+
+    def alloc(self, n: int) -> int | None:
+        for i, sz in enumerate(self.sizes):
+            if sz >= n:
+                start = self.starts[i]
+                if sz == n:
+                    del self.starts[i], self.sizes[i]
+                else:
+                    self.starts[i] += n
+                    self.sizes[i] -= n
+                self.used += n
+                return start
+        return None
+
+    def release(self, start: int, n: int) -> None:
+        i = bisect.bisect_left(self.starts, start)
+        if (i < len(self.starts) and self.starts[i] < start + n) or (i and self.starts[i - 1] + self.sizes[i - 1] > start):
+            raise StoreError(f"internal: double free of bytes [{start}, {start + n})")
+        self.used -= n
+        if i and self.starts[i - 1] + self.sizes[i - 1] == start:  # merge left
+            i -= 1
+            self.sizes[i] += n
+        else:
+            self.starts.insert(i, start)
+            self.sizes.insert(i, n)
+        if i + 1 < len(self.starts) and self.starts[i] + self.sizes[i] == self.starts[i + 1]:
+            self.sizes[i] += self.sizes.pop(i + 1)
+            self.starts.pop(i + 1)
+
+
+@dataclass
+class Placement:
+    """Where a put goes: row ids and chunks (row lo, row hi, unit, byte offset of each column block)."""
+
+    row_ids: np.ndarray
+    chunks: list[tuple[int, int, int, np.ndarray]]
+
+
+@dataclass
+class Claim:
+    """Rows a get claimed for one task, with where each requested column lies."""
+
+    row_ids: np.ndarray
+    index: np.ndarray
+    group: np.ndarray
+    version: np.ndarray
+    unit: np.ndarray  # (m, k)
+    offset: np.ndarray  # (m, k)
+    nbytes: np.ndarray  # (m, k)
+    count: np.ndarray  # (m, k)
+    parts: list[list[int]] | None = None
+    stale: int = 0
+
+
+@dataclass
+class TaskState:
+    bit: int
+    need: int  # column mask the task registered
+    consumed: int = 0
+    discarded_stale: int = 0
+    stale_consumed: int = 0
+    names: tuple[str, ...] = field(default=())
+
+
+class ControlPlane:
+    """Metadata of every live row; every method is one atomic step of the store protocol."""
+
+    def __init__(self, schema: Schema, capacity_rows: int, unit_bytes: Sequence[int], producers: int = 1):
+        self.schema, self.cap = schema, int(capacity_rows)
+        self.arenas = [Arena(b) for b in unit_bytes]
+        if not any(a.size for a in self.arenas):
+            raise StoreError("the store has no storage bytes (every storage unit is empty)")
+        k, cap = len(schema.columns), self.cap
+        self.live = np.zeros(cap, dtype=bool)
+        self.row_id = np.full(cap, -1, dtype=np.int64)
+        self.index, self.group, self.version, self.seqlen, self.arrival = (
+            np.zeros(cap, dtype=np.int64) for _ in range(5))
+        self.ready, self.consumed, self.released = (np.zeros(cap, dtype=np.uint64) for _ in range(3))
+        self.loc_unit = np.full((cap, k), -1, dtype=np.int32)
+        self.loc_off, self.loc_nb, self.loc_cnt = (np.zeros((cap, k), dtype=np.int64) for _ in range(3))
+        self.extents: list[list[int]] = [[] for _ in range(cap)]  # extent ids of each slot
+        self.extent: dict[int, list[int]] = {}  # id -> [unit, base, size, rows still holding it]
+        self.next_extent = 0
+        self.free_slots = deque(range(cap))
+        self.slot_of: dict[int, int] = {}
+        self.tasks: dict[str, TaskState] = {}
+        self.all_tasks = np.uint64(0)
+        self.next_row = 0
+        self.rows_put = self.recycled = 0
+        self.producers, self.done_by = max(1, producers), set()
+
+    # ---- tasks and end of stream ------------------------------------------------------------
+    def register_task(self, name: str, columns: Sequence[str]) -> None:
+        need = self.schema.mask(columns)
+        t = self.tasks.get(name)
+        if t is not None:
+            if t.need != need:
+                raise StoreError(f"task '{name}' already registered with columns {list(t.names)}, not {list(columns)}")
+            return
+        if len(self.tasks) >= MAX_TASKS:
+            raise StoreError(f"at most {MAX_TASKS} tasks can be registered")
+        self.tasks[name] = TaskState(bit=len(self.tasks), need=need, names=tuple(columns))
+        self.all_tasks |= np.uint64(1 << self.tasks[name].bit)
+
+    def task(self, name: str) -> TaskState:
+        t = self.tasks.get(name)
+        if t is None:
+            raise StoreError(f"task '{name}' is not registered (registered: {', '.join(self.tasks) or 'none'}); "
+                             f"call register_task('{name}', columns) first")
+        return t
+
+    def mark_done(self, producer: int = 0) -> None:
+        self.done_by.add(producer)
+
+    @property
+    def done(self) -> bool:
+        return len(self.done_by) >= self.producers
+
+    # ---- placement ---------------------------------------------------------------------------
+    def _place(self, sizes: np.ndarray, lo: int = 0) -> list | None:
+        """Chunks for rows lo..lo+n: the whole put on the emptiest unit that fits it, else split in halves."""
+        n = sizes.shape[0]
+        offs, starts, total = chunk_layout(sizes)
+        for u in sorted(range(len(self.arenas)), key=lambda q: -self.arenas[q].free_bytes):
+            base = self.arenas[u].alloc(total) if self.arenas[u].free_bytes >= total else None
+            if base is not None:
+                return [(lo, lo + n, u, base, total, base + offs)]
+        if n == 1:
+            return None
+        h = n // 2
+        first = self._place(sizes[:h], lo)
+        second = self._place(sizes[h:], lo + h) if first is not None else None
+        if second is None:
+            for _, _, u, base, total, _ in first or []:
+                self.arenas[u].release(base, total)
+            return None
+        return first + second
+
+    def _check_fits(self, sizes: np.ndarray) -> None:
+        biggest = max(a.size for a in self.arenas)
+        totals = aligned(sizes).sum(axis=1)
+        if len(totals) and int(totals.max()) > biggest:
+            raise SchemaError(f"a row needs {int(totals.max())} bytes, more than a storage unit ({biggest} bytes)")
+
+    def alloc(self, col_ids: Sequence[int], sizes: np.ndarray, counts: np.ndarray, index: Sequence[int],
+              group: Sequence[int], version: Sequence[int], producer: int = 0) -> Placement | None:
+        """Reserve slots and bytes for n new rows (None when full: the producer waits)."""
+        if producer in self.done_by:
+            raise StoreError("put after mark_done() on this producer")
+        n = sizes.shape[0]
+        self._check_fits(sizes)
+        if len(self.free_slots) < n:
+            return None
+        chunks = self._place(sizes)
+        if chunks is None:
+            return None
+        slots = np.fromiter((self.free_slots.popleft() for _ in range(n)), dtype=np.int64, count=n)
+        rids = np.arange(self.next_row, self.next_row + n, dtype=np.int64)
+        self.next_row += n
+        self.rows_put += n
+        self.live[slots] = True
+        self.row_id[slots] = rids
+        self.index[slots], self.group[slots], self.version[slots] = index, group, version
+        self.arrival[slots] = rids
+        self.ready[slots] = self.consumed[slots] = self.released[slots] = 0
+        self.loc_unit[slots] = -1
+        self.seqlen[slots] = 0
+        for rid, s in zip(rids.tolist(), slots.tolist()):
+            self.slot_of[rid] = s
+        return self._set_locs(rids, slots, col_ids, sizes, counts, chunks)
+
+    def _set_locs(self, rids, slots, col_ids, sizes, counts, chunks) -> Placement:
+        ci = np.asarray(col_ids)
+        out = []
+        for lo, hi, u, base, total, offs in chunks:
+            s = slots[lo:hi]
+            self.loc_unit[s[:, None], ci] = u
+            self.loc_off[s[:, None], ci] = offs
+            self.loc_nb[s[:, None], ci] = sizes[lo:hi]
+            self.loc_cnt[s[:, None], ci] = counts[lo:hi]
+            eid = self.next_extent
+            self.next_extent += 1
+            self.extent[eid] = [u, base, total, hi - lo]  # freed when its last row is recycled
+            for x in s.tolist():
+                self.extents[x].append(eid)
+            out.append((lo, hi, u, offs[0].copy()))  # absolute start of each column block
+        var = np.array([self.schema.columns[c].var for c in col_ids], dtype=bool)
+        if var.any():
+            self.seqlen[slots] += counts[:, var].sum(axis=1)
+        return Placement(row_ids=rids, chunks=out)
+
+    def slots_of(self, row_ids: Sequence[int]) -> np.ndarray:
+        try:
+            return np.fromiter((self.slot_of[int(r)] for r in row_ids), dtype=np.int64, count=len(row_ids))
+        except KeyError as exc:
+            raise StoreError(f"row {exc.args[0]} is not in the store (never put, or recycled after every "
+                             f"registered task consumed it)") from None
+
+    def alloc_columns(self, row_ids: Sequence[int], col_ids: Sequence[int], sizes: np.ndarray,
+                      counts: np.ndarray) -> Placement | None:
+        """Reserve bytes for new columns of existing rows (None when no bytes are free)."""
+        slots = self.slots_of(row_ids)
+        taken = self.loc_unit[slots[:, None], np.asarray(col_ids)] >= 0
+        if taken.any():
+            i, j = map(int, np.argwhere(taken)[0])
+            raise SchemaError(f"column '{self.schema.columns[col_ids[j]].name}' of row {row_ids[i]} is already "
+                              f"written; the store never overwrites")
+        self._check_fits(sizes)
+        chunks = self._place(sizes)
+        if chunks is None:
+            return None
+        return self._set_locs(np.asarray(row_ids, dtype=np.int64), slots, col_ids, sizes, counts, chunks)
+
+    def commit(self, row_ids: Sequence[int], col_ids: Sequence[int]) -> None:
+        """The bytes of these columns are written (Put + Flush done): set their ready bits."""
+        m = np.uint64(sum(1 << c for c in col_ids))
+        slots = [self.slot_of[int(r)] for r in row_ids if int(r) in self.slot_of]
+        self.ready[slots] |= m
+
+    # ---- claims ------------------------------------------------------------------------------
+    def select(self, task: str, col_ids: Sequence[int], n: int, policy: str = "fifo",
+               args: dict[str, Any] | None = None) -> Claim | str | None:
+        """Claim rows for `task` (exactly once); None if no batch yet, END when the stream is over."""
+        t = self.task(task)
+        bit = np.uint64(1 << t.bit)
+        need = np.uint64(t.need | sum(1 << c for c in col_ids))
+        pending = self.live & ((self.consumed & bit) == 0)
+        elig = pending & ((self.ready & need) == need)
+        pos = np.nonzero(elig)[0]
+        pos = pos[np.argsort(self.arrival[pos], kind="stable")]
+        cands = Candidates(self.row_id[pos], self.index[pos], self.group[pos], self.version[pos], self.seqlen[pos])
+        final = self.done and int(np.count_nonzero(pending)) == len(pos)
+        sel = resolve_policy(policy)(cands, n, final=final, **(args or {}))
+        if sel is not None and len(sel.discard):
+            d = pos[sel.discard]
+            self.consumed[d] |= bit
+            self.released[d] |= bit
+            t.discarded_stale += len(d)
+            self._recycle(d)
+        if sel is None or not len(sel.take):
+            left = len(pos) - (len(sel.discard) if sel is not None else 0)
+            return END if final and left == 0 else None
+        s = pos[sel.take]
+        self.consumed[s] |= bit
+        t.consumed += len(s)
+        t.stale_consumed += sel.stale
+        ci = np.asarray(col_ids)
+        return Claim(row_ids=self.row_id[s], index=self.index[s], group=self.group[s], version=self.version[s],
+                     unit=self.loc_unit[s[:, None], ci], offset=self.loc_off[s[:, None], ci],
+                     nbytes=self.loc_nb[s[:, None], ci], count=self.loc_cnt[s[:, None], ci],
+                     parts=sel.parts, stale=sel.stale)
+
+    def release(self, task: str, row_ids: Sequence[int]) -> None:
+        """The task has copied these rows out: once every task has, their slots and bytes are reused."""
+        bit = np.uint64(1 << self.task(task).bit)
+        slots = self.slots_of(row_ids)
+        self.released[slots] |= bit
+        self._recycle(slots)
+
+    def _recycle(self, slots: np.ndarray) -> None:
+        full = self.all_tasks
+        for s in slots.tolist():
+            if self.live[s] and (self.released[s] & full) == full:
+                for eid in self.extents[s]:
+                    ext = self.extent[eid]
+                    ext[3] -= 1
+                    if ext[3] == 0:
+                        self.arenas[ext[0]].release(ext[1], ext[2])
+                        del self.extent[eid]
+                self.extents[s] = []
+                self.live[s] = False
+                del self.slot_of[int(self.row_id[s])]
+                self.free_slots.append(s)
+                self.recycled += 1
+
+    # ---- reporting ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        live = int(np.count_nonzero(self.live))
+        tasks = {}
+        for name, t in self.tasks.items():
+            tasks[name] = {"consumed": t.consumed, "lag": self.rows_put - t.consumed - t.discarded_stale,
+                           "discarded_stale": t.discarded_stale, "stale_consumed": t.stale_consumed}
+        return {"rows_live": live, "capacity_rows": self.cap, "occupancy": live / self.cap,
+                "rows_put": self.rows_put, "rows_recycled": self.recycled,
+                "bytes_used": [a.used for a in self.arenas], "bytes_capacity": [a.size for a in self.arenas],
+                "done": self.done, "tasks": tasks}

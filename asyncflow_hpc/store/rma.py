@@ -1,0 +1,317 @@
+"""The store over MPI: row bytes in RMA windows (Put/Get), metadata in a controller answering small messages.
+
+    store = RMAStore.create(comm, schema, cfg, layout=layout)   # collective over `comm`
+    if store.role == "server":
+        store.serve()          # a dedicated store rank answers the control plane until all close
+    else:
+        ... store.put(...) / store.get(...) ...
+    store.close()              # collective: sleeps until every rank closes, then frees the windows
+
+The controller is the first rank with role "server" (topology.store_ranks) or else a thread on rank 0
+of `comm`. Row bytes go straight between the client and the storage rank's window with
+Lock_all + Put/Get (no target progress needed); only metadata (kilobytes) passes the controller.
+Why a controller and not RMA atomics on metadata windows: docs/store.md (measured on MPICH and Open MPI).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from asyncflow_hpc.errors import WaitTimeout
+from asyncflow_hpc.store import schema as _schema
+from asyncflow_hpc.store.base import StoreBase
+from asyncflow_hpc.store.config import StoreConfig
+from asyncflow_hpc.store.control import ControlPlane
+from asyncflow_hpc.store.schema import Schema, StoreError
+from asyncflow_hpc.store.windows import DataWindow
+
+TAG_REQ, TAG_REP = 7301, 7302
+ONEWAY = {"commit", "release", "done"}
+PARKABLE = {"alloc", "allocc", "select"}  # carry how long the caller will wait as their last argument
+ROLES = ("server", "producer", "consumer", "both", "idle")
+_ERRORS = {"SchemaError": _schema.SchemaError, "StoreError": StoreError, "ValueError": ValueError,
+           "EndOfStream": _schema.EndOfStream}
+
+
+def _role_from_layout(layout: Any, rank: int) -> str:
+    from asyncflow_hpc.topology.roles import Role
+
+    if layout.has(rank, Role.STORE):
+        return "server"
+    if rank not in layout.store_talkers():
+        return "idle"
+    prod, cons = layout.has(rank, Role.ROLLOUT), not layout.has(rank, Role.ROLLOUT) or layout.colocate
+    return "both" if prod and cons else ("producer" if prod else "consumer")
+
+
+class Service:
+    """The control plane behind a lock, answering requests from other ranks."""
+
+    def __init__(self, ctrl: ControlPlane, comm: Any, cfg: StoreConfig):
+        self.ctrl, self.comm, self.cfg = ctrl, comm, cfg
+        self.lock = threading.Lock()
+        self.deferred: dict[int, Exception] = {}
+        self.parked: list[tuple[int, str, tuple, float]] = []
+        self.plock = threading.RLock()  # parked requests: the serving thread and a local caller
+
+    def local(self, src: int, op: str, args: tuple) -> Any:
+        """A call from the rank hosting the controller: no message, but it may unblock parked requests."""
+        value = self.apply(src, op, args)
+        if op in ("commit", "release", "done", "select") and self.parked:
+            with self.plock:
+                self._retry_parked()
+        return value
+
+    def apply(self, src: int, op: str, args: tuple) -> Any:
+        with self.lock:
+            if op == "reg":
+                return self.ctrl.register_task(*args)
+            if op == "alloc":
+                return self.ctrl.alloc(*args, producer=src)
+            if op == "allocc":
+                return self.ctrl.alloc_columns(*args)
+            if op == "commit":
+                return self.ctrl.commit(*args)
+            if op == "select":
+                return self.ctrl.select(*args)
+            if op == "release":
+                return self.ctrl.release(*args)
+            if op == "stats":
+                return self.ctrl.stats()
+            if op == "done":
+                return self.ctrl.mark_done(src)
+        raise StoreError(f"unknown store request {op!r}")
+
+    def handle_one(self, msg: Any, src: int) -> None:
+        with self.plock:
+            self._handle(msg, src)
+
+    def _handle(self, msg: Any, src: int) -> None:
+        op, *args = msg.recv()
+        wait_s = args.pop() if op in PARKABLE else 0.0
+        if not self._try(src, op, tuple(args), park_until=time.monotonic() + wait_s if wait_s > 0 else None):
+            return
+        if op not in ("alloc", "allocc"):  # commit/release/done/select can make parked requests satisfiable
+            self._retry_parked()
+
+    def _try(self, src: int, op: str, args: tuple, park_until: float | None) -> bool:
+        """Apply one request and reply; a blocking put/get that cannot proceed yet is parked instead
+        (answered as soon as rows or space appear, or with None at its deadline): no polling traffic."""
+        try:
+            value = self.apply(src, op, args)
+            reply = ("ok", value)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller's rank
+            if op in ONEWAY:
+                self.deferred[src] = exc
+                return True
+            reply = ("err", type(exc).__name__, str(exc))
+        if op in ONEWAY:
+            return True
+        if reply == ("ok", None) and park_until is not None and time.monotonic() < park_until:
+            self.parked.append((src, op, args, park_until))
+            return False
+        if src in self.deferred:
+            exc = self.deferred.pop(src)
+            reply = ("err", type(exc).__name__, f"an earlier request failed: {exc}")
+        self.comm.send(reply, dest=src, tag=TAG_REP)
+        return True
+
+    def _retry_parked(self) -> None:
+        pending, self.parked = self.parked, []
+        for src, op, args, until in pending:
+            self._try(src, op, args, until)
+
+    def _expire_parked(self) -> None:
+        now = time.monotonic()
+        if any(until <= now for *_, until in self.parked):
+            self._retry_parked()  # past the deadline: _try answers None, the client raises WaitTimeout
+
+    def serve(self, finished: Callable[[], bool]) -> None:
+        """Answer requests until `finished()`; sleeps with back-off when idle (never spins a core)."""
+        from mpi4py import MPI
+
+        pause, st = self.cfg.poll_min_s, MPI.Status()
+        hot_until = 0.0
+        while True:
+            msg = self.comm.improbe(MPI.ANY_SOURCE, TAG_REQ, status=st)
+            if msg is not None:
+                self.handle_one(msg, st.Get_source())
+                pause, hot_until = self.cfg.poll_min_s, time.monotonic() + self.cfg.spin_s
+                continue
+            if time.monotonic() < hot_until:
+                continue  # a follow-up request usually comes within microseconds: poll briefly
+            if self.parked:
+                with self.plock:
+                    self._expire_parked()
+            if finished():
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, self.cfg.ctrl_poll_max_s)
+        for _ in range(3):  # drain one-way messages sent just before the clients closed
+            time.sleep(1e-3)
+            while (msg := self.comm.improbe(MPI.ANY_SOURCE, TAG_REQ, status=st)) is not None:
+                self.handle_one(msg, st.Get_source())
+
+
+class RMAStore(StoreBase):
+    """A store participant (client, server, or both); create() is collective over the communicator."""
+
+    def __init__(self) -> None:  # use create()
+        self._closed = False
+        self._rpc_lock = threading.Lock()
+        self.service: Service | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @classmethod
+    def create(cls, comm: Any, schema: Schema, cfg: StoreConfig, layout: Any = None, role: str | None = None,
+               label: str | None = None) -> "RMAStore":
+        self = cls()
+        self.schema, self.cfg = schema, cfg
+        self.comm = comm.Dup()  # windows and the closing barrier
+        self.ccomm = comm.Dup()  # control messages
+        self.rank, size = self.comm.Get_rank(), self.comm.Get_size()
+        if role is None:
+            role = _role_from_layout(layout, self.rank) if layout is not None else "both"
+        if role not in ROLES:
+            raise StoreError(f"store role must be one of {', '.join(ROLES)}, got {role!r}")
+        self.role = role
+        self.label = label or (str(layout.role_of(self.rank)) if layout is not None else role)
+        roles = self.comm.allgather(role)
+        servers = [r for r, x in enumerate(roles) if x == "server"]
+        self.ctrl_rank = servers[0] if servers else 0
+        if cfg.storage == "servers" and not servers:
+            raise StoreError("store.storage=servers but no rank has the store role (set topology.store_ranks >= 1)")
+        self.unit_ranks = servers if cfg.storage == "servers" else list(range(size))
+        self.unit_bytes = cfg.unit_bytes
+        self.win = DataWindow(self.comm, self.unit_bytes if self.rank in self.unit_ranks else 0)
+        # One access epoch to every rank for the store's lifetime, closed by close().
+        self._epoch = self.win.epoch()
+        self._epoch.__enter__()
+        if self.rank == self.ctrl_rank:
+            producers = sum(1 for x in roles if x in ("producer", "both"))
+            ctrl = ControlPlane(schema, cfg.capacity_rows, [self.unit_bytes] * len(self.unit_ranks), producers)
+            self.service = Service(ctrl, self.ccomm, cfg)
+            if role != "server":
+                self._thread = threading.Thread(target=self.service.serve, args=(self._stop.is_set,),
+                                                name="store-controller", daemon=True)
+                self._thread.start()
+        self.comm.Barrier()
+        return self
+
+    # ---- control-plane calls -----------------------------------------------------------------
+    def _rpc(self, op: str, *args: Any, wait_s: float = 0.0) -> Any:
+        if self._closed:
+            raise StoreError(f"[rank {self.rank}] store is closed")
+        if self.service is not None:  # this rank hosts the controller: call it directly (no parking)
+            return self.service.local(self.rank, op, args)
+        with self._rpc_lock:
+            msg = (op, *args, wait_s) if op in PARKABLE else (op, *args)
+            self.ccomm.send(msg, dest=self.ctrl_rank, tag=TAG_REQ)
+            if op in ONEWAY:
+                return None
+            reply = self._await_reply(op, wait_s)
+        if reply[0] == "err":
+            raise _ERRORS.get(reply[1], StoreError)(reply[2])
+        return reply[1]
+
+    def _await_reply(self, op: str, wait_s: float) -> Any:
+        start = time.monotonic()
+        deadline, spin_until = start + wait_s + self.cfg.timeout_s, start + self.cfg.spin_s
+        pause = self.cfg.poll_min_s
+        while True:
+            msg = self.ccomm.improbe(self.ctrl_rank, TAG_REP)
+            if msg is not None:
+                return msg.recv()
+            now = time.monotonic()
+            if now < spin_until:  # the controller usually answers within tens of microseconds
+                continue
+            if now > deadline:
+                raise WaitTimeout(f"store: no reply from the store controller (rank {self.ctrl_rank}) to "
+                                  f"'{op}' within {self.cfg.timeout_s:g}s (store.timeout_s)",
+                                  rank=self.rank, role=self.label)
+            time.sleep(pause)
+            # a reply is usually due within a millisecond; only a parked request waits longer
+            pause = min(pause * 2, self.cfg.ctrl_poll_max_s if now - start < 0.01 else self.cfg.poll_max_s)
+
+    def _register(self, name, columns):
+        self._rpc("reg", name, columns)
+
+    def _alloc(self, col_ids, sizes, counts, index, group, version, wait_s=0.0):
+        return self._rpc("alloc", col_ids, sizes, counts, index, group, version, wait_s=wait_s)
+
+    def _alloc_columns(self, row_ids, col_ids, sizes, counts, wait_s=0.0):
+        return self._rpc("allocc", row_ids, col_ids, sizes, counts, wait_s=wait_s)
+
+    def _commit(self, row_ids, col_ids):
+        self._rpc("commit", row_ids, col_ids)
+
+    def _select(self, task, col_ids, n, policy, args, wait_s=0.0):
+        return self._rpc("select", task, col_ids, n, policy, args, wait_s=wait_s)
+
+    def _release(self, task, row_ids):
+        self._rpc("release", task, row_ids)
+
+    def _stats(self):
+        return self._rpc("stats")
+
+    def _mark_done(self):
+        self._rpc("done")
+
+    # ---- data plane --------------------------------------------------------------------------
+    def _flush(self, units: set[int]) -> None:
+        # Flush (not Unlock_all, which on MPICH waits for the targets) completes the operations.
+        if len(units) > 2:
+            self.win.flush_all()
+        else:
+            for u in units:
+                self.win.flush(self.unit_ranks[u])
+
+    def _write(self, ops):
+        for u, off, buf in ops:
+            self.win.put(buf, self.unit_ranks[u], off)
+        self._flush({op[0] for op in ops})  # remote completion before the commit message
+
+    def _read(self, ops):
+        for u, off, buf in ops:
+            self.win.get(buf, self.unit_ranks[u], off)
+        self._flush({op[0] for op in ops})
+
+    # ---- lifetime ----------------------------------------------------------------------------
+    def _sleeping_barrier(self, timeout: float | None, what: str, serve: bool = False) -> None:
+        req = self.comm.Ibarrier()
+        if serve and self.service is not None:
+            self.service.serve(req.Test)
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = self.cfg.poll_min_s
+        while not req.Test():
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(f"store: waited {timeout:g}s for {what}", rank=self.rank, role=self.label)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def serve(self, timeout: float | None = None) -> None:
+        """On a server rank: answer the control plane until every rank has called close()."""
+        if self.role != "server":
+            raise StoreError(f"[rank {self.rank}] serve() is for ranks with store role 'server', this is '{self.role}'")
+        self._sleeping_barrier(timeout, "every store rank to call close()", serve=True)
+        self._served = True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Collective: wait (sleeping) until every rank closes, stop the controller, free the windows."""
+        if self._closed:
+            return
+        if not getattr(self, "_served", False):
+            wait = self.cfg.timeout_s if timeout is None else timeout
+            self._sleeping_barrier(wait, "every other rank to close the store")
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=self.cfg.timeout_s)
+        self._closed = True
+        self._epoch.__exit__(None, None, None)
+        self.win.free()
+        self.ccomm.Free()
+        self.comm.Free()
