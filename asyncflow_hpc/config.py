@@ -16,6 +16,7 @@ from asyncflow_hpc.algorithms.config import AlgorithmConfig
 from asyncflow_hpc.configlib import Source, build, fail, load_yaml, opt, parse_override, section, set_dotted, to_dict
 from asyncflow_hpc.data.config import DataConfig
 from asyncflow_hpc.engines.config import RolloutConfig, TrainerConfig
+from asyncflow_hpc.engines.emulated import EmulationConfig
 from asyncflow_hpc.errors import ConfigError
 from asyncflow_hpc.launch.config import LaunchConfig
 from asyncflow_hpc.models.config import ModelConfig
@@ -62,6 +63,7 @@ class JobConfig:
     store: StoreConfig = section(StoreConfig)
     weights: WeightSyncConfig = section(WeightSyncConfig)
     trace: TraceConfig = section(TraceConfig)
+    emulation: EmulationConfig = section(EmulationConfig)
 
     # Where it came from (not a key): filled by load_config for messages and traces.
     source_file: str | None = None

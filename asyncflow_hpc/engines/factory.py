@@ -43,3 +43,16 @@ def make_trainer(cfg: Any, model: Any, *, pad_id: int, group: Any, device: str) 
     from asyncflow_hpc.engines.torch_trainer import TorchTrainerEngine
 
     return TorchTrainerEngine(model, **kwargs)
+
+
+def maybe_emulate(cfg: Any, rollout: Any = None, trainer: Any = None, *, dp: int = 1) -> tuple[Any, Any]:
+    """Wrap engines with emulated accelerator time when `emulation.enabled` (benchmarks on CPU machines)."""
+    if not cfg.emulation.enabled:
+        return rollout, trainer
+    from asyncflow_hpc.engines.emulated import EmulatedRollout, EmulatedTrainer
+
+    if rollout is not None:
+        rollout = EmulatedRollout(rollout, cfg.emulation)
+    if trainer is not None:
+        trainer = EmulatedTrainer(trainer, cfg.emulation, cfg.run.seed, cfg.data.prompts_per_step, dp)
+    return rollout, trainer

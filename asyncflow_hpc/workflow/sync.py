@@ -17,10 +17,16 @@ from typing import Any
 
 from asyncflow_hpc.engines.batching import split_even
 from asyncflow_hpc.workflow import common
+from asyncflow_hpc.workflow.metrics import RoleClock, record_rows, record_step
 
 
 def _span(recorder: Any, name: str, **attrs: Any):
-    return recorder.span(name, **attrs) if recorder is not None else contextlib.nullcontext()
+    return recorder.span(name, **attrs) if recorder is not None else contextlib.nullcontext(_NoSpan())
+
+
+class _NoSpan:
+    def set(self, **attrs: Any) -> "_NoSpan":
+        return self
 
 
 def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) -> dict[str, float]:
@@ -37,7 +43,7 @@ def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) 
 def run_sync(cfg: Any, comms: Any, recorder: Any = None) -> dict:
     import torch
 
-    from asyncflow_hpc.engines.factory import make_rollout, make_trainer, sampling_params
+    from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, sampling_params
 
     torch.set_num_threads(cfg.device.threads_per_rank)
     t0 = time.perf_counter()
@@ -48,20 +54,26 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None) -> dict:
     trainer = make_trainer(cfg, task.model, pad_id=tok.pad_id, group=comms.trainer_group, device=device)
     trainer.broadcast_parameters()
     rollout = make_rollout(cfg, task.model, device, seed=cfg.run.seed)
+    rollout, trainer = maybe_emulate(cfg, rollout, trainer, dp=comms.layout.trainer_dp)
     sample_params = sampling_params(cfg.rollout, tok.eos_id)
     greedy = sampling_params(cfg.rollout, tok.eos_id, greedy=True)
     _warmup(cfg, comms, trainer, task, recorder)
     _sync_rollout_weights(cfg, trainer, rollout)
     out: dict[str, Any] = {"history": []}
     if cfg.data.eval_size:
-        with _span(recorder, "evaluate", when="start"):
+        with _span(recorder, "evaluate", step=-1):
             out["eval_start"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
             _print_eval("start", out["eval_start"])
     bar = _progress(cfg, lead)
+    clock = RoleClock()
+    comms.world.Barrier()
+    t_loop = time.perf_counter()
     for step in range(cfg.workflow.steps):
-        metrics = _one_step(cfg, comms, trainer, rollout, task, sample_params, step, recorder)
+        metrics = _one_step(cfg, comms, trainer, rollout, task, sample_params, step, recorder, clock)
         out["history"].append(metrics)
+        if lead:
+            record_step(recorder, step, metrics)
         if cfg.data.eval_size and cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0 \
                 and step + 1 < cfg.workflow.steps:
             metrics["eval_accuracy"] = evaluate(cfg, comms, rollout, task, greedy)["accuracy"]
@@ -71,8 +83,12 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None) -> dict:
             bar.update(1)
     if bar is not None:
         bar.close()
+    out["loop_s"] = loop_s = time.perf_counter() - t_loop
+    per_rank = comms.world.gather(clock.summary(loop_s), root=0)
+    if lead:
+        out["summary"] = sync_summary(per_rank, loop_s, cfg.workflow.steps * cfg.data.prompts_per_step * cfg.rollout.n)
     if cfg.data.eval_size:
-        with _span(recorder, "evaluate", when="end"):
+        with _span(recorder, "evaluate", step=cfg.workflow.steps):
             out["eval_end"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
             _print_eval("end", out["eval_end"])
@@ -82,23 +98,32 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None) -> dict:
     return out
 
 
-def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder) -> dict[str, float]:
+def sync_summary(per_rank: list[dict], wall_s: float, rows: int) -> dict:
+    """Job figures of the colocated baseline: every rank both generates and trains."""
+    busy = sum(c["busy_s"] for c in per_rank) / max(sum(c["wall_s"] for c in per_rank), 1e-9)
+    tokens = sum(c["counts"].get("tokens", 0) for c in per_rank)
+    return {"wall_s": wall_s, "rows": rows, "samples_per_s": rows / wall_s if wall_s > 0 else 0.0,
+            "tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0, "busy_fraction": busy,
+            "exposed_sync_fraction": 0.0, "staleness_histogram": {0: rows}}
+
+
+def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder, clock) -> dict[str, float]:
     pids = common.step_prompt_ids(step, cfg.data.prompts_per_step)
     mine = split_even(pids, comms.world.Get_size())[comms.rank]
     t = time.perf_counter()
-    with _span(recorder, "generate", step=step, groups=len(mine)):
+    with clock.busy("generate"), _span(recorder, "generate", step=step, version=rollout.version) as sp:
         local = common.generate_groups(rollout, task, mine, run_seed=cfg.run.seed, step=step, n=cfg.rollout.n,
                                        params=params, version=rollout.version)
+        sp.set(rows=len(local), tokens=sum(len(r.response_ids) for r in local))
     t_gen = time.perf_counter() - t
-    if recorder is not None:
-        for r in local:
-            recorder.sample(prompt_id=r.prompt_id, sample_index=r.sample_index, version=r.version,
-                            consumer_version=trainer.version, reward=r.reward, length=len(r.response_ids),
-                            rank=comms.rank)
-    rows = [r for part in comms.world.allgather(local) for r in part]
+    record_rows(recorder, local, trainer.version, cfg.run.seed, cfg.data.prompts_per_step, cfg.rollout.n)
+    clock.count("tokens", sum(len(r.response_ids) for r in local))
+    with clock.idle("gather"), _span(recorder, "gather_wait", step=step):
+        rows = [r for part in comms.world.allgather(local) for r in part]
     common.assign_advantages(rows, cfg.algorithm)
     t = time.perf_counter()
-    with _span(recorder, "train", step=step, rows=len(rows)):
+    tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
+    with clock.busy("train"), _span(recorder, "train_step", step=step, rows=len(rows), tokens=tokens):
         metrics = trainer.train_step(rows)
     _sync_rollout_weights(cfg, trainer, rollout)
     metrics.update(step=float(step), reward_mean=sum(r.reward for r in rows) / len(rows),
@@ -119,7 +144,7 @@ def _warmup(cfg, comms, trainer, task, recorder) -> None:
     steps = cfg.trainer.sft_warmup_steps
     if not steps:
         return
-    with _span(recorder, "sft_warmup", steps=steps):
+    with _span(recorder, "sft_warmup", rows=steps * cfg.trainer.sft_batch):
         for s in range(steps):
             loss = trainer.sft_step(common.sft_pairs(task, s, cfg.trainer.sft_batch, cfg.run.seed,
                                                      cfg.trainer.sft_targets))

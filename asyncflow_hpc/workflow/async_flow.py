@@ -1,0 +1,408 @@
+"""The AsyncFlow workflow: trainer and rollout groups stream through the store; deferred weight update.
+
+    mpiexec -n 4 python -m asyncflow_hpc.main configs/default.yaml workflow.mode=async workflow.eta=1
+
+Data path (one way):
+  trainer leader --prompt ids--> prompt store --(rollout task, load-balanced pulls)--> rollout ranks
+  rollout ranks --rows (version-stamped)--> sample store [--(reward task)--> reward ranks --reward column-->]
+  sample store --(train task: version_bounded + whole GRPO groups)--> trainer leader --bcast--> trainer ranks
+  trainer leader --weights v+1, bucketed, background--> rollout ranks: staged, swapped at a generation boundary
+
+Staleness (asyncflow_hpc/staleness.py): the trainer leader feeds prompt ids only up to
+admission_quota(v, eta, P); a rollout rank starts prompt p only with weights >= required_version(p),
+waiting for them if it must; the train task takes rows with v - version <= eta. With eta = 0 this is
+the synchronous schedule exactly (same rows, same seeds, same losses).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from asyncflow_hpc import staleness
+from asyncflow_hpc.topology.roles import Role
+from asyncflow_hpc.workflow import common
+from asyncflow_hpc.workflow.metrics import RoleClock, record_rows, record_step, span
+
+SAMPLE_COLUMNS = ("prompt_ids", "response_ids", "behav_logprobs", "reward", "finished")
+
+
+def sample_schema():
+    from asyncflow_hpc.store import Column, Schema
+
+    return Schema([Column("prompt_ids", "int32", var=True), Column("response_ids", "int32", var=True),
+                   Column("behav_logprobs", "float32", var=True), Column("reward", "float32"),
+                   Column("finished", "int8")])
+
+
+def prompt_schema():
+    from asyncflow_hpc.store import Column, Schema
+
+    return Schema([Column("prompt_id", "int64")])
+
+
+@dataclass
+class Ctx:
+    """What every loop of this rank needs."""
+
+    cfg: Any
+    comms: Any
+    task: common.Task
+    prompts: Any  # prompt store
+    samples: Any  # sample store
+    recorder: Any
+    P: int  # prompts per step
+    n: int  # responses per prompt
+    clock: RoleClock = field(default_factory=RoleClock)
+
+    @property
+    def rank(self) -> int:
+        return self.comms.rank
+
+    @property
+    def total_prompts(self) -> int:
+        return self.cfg.workflow.steps * self.P
+
+
+def _sample_store_role(layout, rank: int) -> str:
+    if layout.has(rank, Role.STORE):
+        return "server"
+    if layout.has(rank, Role.ROLLOUT):
+        return "producer"
+    if layout.has(rank, Role.REWARD) or rank == layout.trainer_leader:
+        return "consumer"
+    return "idle"
+
+
+def _prompt_store_role(layout, rank: int) -> str:
+    if rank == layout.trainer_leader:
+        return "producer"
+    return "consumer" if layout.has(rank, Role.ROLLOUT) else "idle"
+
+
+def open_stores(cfg, comms) -> tuple[Any, Any]:
+    """Both stores, collectively over the world (same order on every rank)."""
+    from asyncflow_hpc.store import make_store
+
+    lay, r = comms.layout, comms.rank
+    prompts = make_store(cfg.store, prompt_schema(), comms.world, role=_prompt_store_role(lay, r),
+                         label=f"{lay.role_of(r)}/prompts")
+    samples = make_store(cfg.store, sample_schema(), comms.world, role=_sample_store_role(lay, r),
+                         label=f"{lay.role_of(r)}/samples")
+    if r == lay.trainer_leader:
+        prompts.register_task("rollout", ["prompt_id"])
+        cols = list(SAMPLE_COLUMNS)
+        samples.register_task("train", cols)
+        if lay.ranks(Role.REWARD):
+            samples.register_task("reward", ["prompt_ids", "response_ids"])
+    comms.world.Barrier()  # tasks are registered before anyone puts or gets
+    return prompts, samples
+
+
+def rows_to_store(rows, reward_inline: bool, n: int) -> tuple[dict, list]:
+    from asyncflow_hpc.store import RowMeta
+
+    cols: dict[str, Any] = {
+        "prompt_ids": [np.asarray(r.prompt_ids, dtype=np.int32) for r in rows],
+        "response_ids": [np.asarray(r.response_ids, dtype=np.int32) for r in rows],
+        "behav_logprobs": [np.asarray(r.behav_logprobs, dtype=np.float32) for r in rows],
+        "finished": np.asarray([int(bool(r.extra.get("finished", False))) for r in rows], dtype=np.int8),
+    }
+    if reward_inline:
+        cols["reward"] = np.asarray([r.reward for r in rows], dtype=np.float32)
+    meta = [RowMeta(index=r.prompt_id * n + r.sample_index, group=r.prompt_id, version=r.version)
+            for r in rows]
+    return cols, meta
+
+
+def rows_from_batch(batch, n: int) -> list:
+    from asyncflow_hpc.engines.base import Row
+
+    rows = []
+    for i in range(len(batch)):
+        pid = int(batch.group[i])
+        rows.append(Row(prompt_id=pid, sample_index=int(batch.index[i]) - pid * n,
+                        prompt_ids=batch["prompt_ids"][i].tolist(), response_ids=batch["response_ids"][i].tolist(),
+                        behav_logprobs=batch["behav_logprobs"][i].tolist(), version=int(batch.version[i]),
+                        reward=float(batch["reward"][i]), extra={"finished": bool(batch["finished"][i])}))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# rollout ranks
+# ---------------------------------------------------------------------------------------------
+def rollout_loop(ctx: Ctx, engine: Any, receiver: Any, params: Any) -> dict:
+    """Pull prompt ids, generate with the newest admissible weights, put version-stamped rows."""
+    from asyncflow_hpc.store import EndOfStream
+    from asyncflow_hpc.weights import SwapGate
+
+    cfg, lay = ctx.cfg, ctx.comms.layout
+    insts = lay.rollout_instances()
+    me = next(i for i, inst in enumerate(insts) if ctx.rank in inst)
+    gate = SwapGate(instance=me, n_instances=len(insts), policy=cfg.weights.swap_policy,
+                    groups=cfg.weights.stagger_groups)
+    reward_inline = not lay.ranks(Role.REWARD)
+    eta, produced = cfg.workflow.eta, 0
+    while True:
+        with ctx.clock.idle("wait_prompt"), span(ctx.recorder, "prompt_wait"):
+            try:
+                got = ctx.prompts.get("rollout", ["prompt_id"], 1, policy="fifo")
+            except EndOfStream:
+                break
+        pid = int(got["prompt_id"][0])
+        need = staleness.required_version(pid, eta, ctx.P)
+        _maybe_swap(ctx, engine, receiver, gate, need)
+        with ctx.clock.busy("generate"), span(ctx.recorder, "generate", step=pid // ctx.P,
+                                                 version=engine.version) as sp:
+            rows = common.generate_groups(engine, ctx.task, [pid], run_seed=cfg.run.seed, step=pid // ctx.P,
+                                          n=ctx.n, params=params, version=engine.version)
+            sp.set(rows=len(rows), tokens=sum(len(r.response_ids) for r in rows))
+        cols, meta = rows_to_store(rows, reward_inline, ctx.n)
+        with ctx.clock.idle("store_put"), span(ctx.recorder, "store_put", rows=len(rows)):
+            ctx.samples.put(cols, meta)
+        produced += len(rows)
+        ctx.clock.count("tokens", sum(len(r.response_ids) for r in rows))
+    ctx.samples.mark_done()
+    return {"rows_produced": produced}
+
+
+def _maybe_swap(ctx: Ctx, engine: Any, receiver: Any, gate: Any, need: int) -> None:
+    """Generation boundary: swap to a staged version if the gate says so; wait if weights are too old."""
+    must = engine.version < need
+    if gate.boundary(receiver.poll(), must_swap=must):
+        with ctx.clock.exposed("swap"), span(ctx.recorder, "weight_swap", version=receiver.poll() or -1):
+            receiver.swap(engine.load_weights)
+    if engine.version < need:
+        with ctx.clock.exposed("wait_weights"), span(ctx.recorder, "weight_wait", version=need):
+            receiver.wait_staged(need)
+            receiver.swap(engine.load_weights)
+
+
+def reward_loop(ctx: Ctx) -> dict:
+    """A reward rank: score rows as soon as their responses are in, add the reward column."""
+    from asyncflow_hpc.store import EndOfStream
+
+    n_scored = 0
+    while True:
+        with ctx.clock.idle("wait_rows"):
+            try:
+                b = ctx.samples.get("reward", ["prompt_ids", "response_ids"], ctx.n, policy="grpo_group",
+                                    group_size=ctx.n)
+            except EndOfStream:
+                break
+        with ctx.clock.busy("reward"), span(ctx.recorder, "reward", rows=len(b)):
+            rewards = []
+            for i in range(len(b)):
+                pid = int(b.group[i])
+                ex = ctx.task.train[common.example_index(ctx.cfg.run.seed, pid, len(ctx.task.train))]
+                resp = ctx.task.tokenizer.decode(b["response_ids"][i].tolist())
+                rewards.append(ctx.task.reward_fn(ctx.task.prompt_text(ex), resp, ex.reference))
+            ctx.samples.put_columns(b.row_ids, {"reward": np.asarray(rewards, dtype=np.float32)})
+        n_scored += len(b)
+    return {"rows_scored": n_scored}
+
+
+# ---------------------------------------------------------------------------------------------
+# trainer ranks
+# ---------------------------------------------------------------------------------------------
+def feed_prompts(ctx: Ctx, fed: int, version: int) -> int:
+    """Trainer leader: make prompt ids available up to the admission quota of `version`."""
+    from asyncflow_hpc.store import RowMeta
+
+    target = min(staleness.admission_quota(version, ctx.cfg.workflow.eta, ctx.P), ctx.total_prompts)
+    if target > fed:
+        pids = np.arange(fed, target, dtype=np.int64)
+        meta = [RowMeta(index=int(p), group=int(p),
+                        version=staleness.required_version(int(p), ctx.cfg.workflow.eta, ctx.P)) for p in pids]
+        ctx.prompts.put({"prompt_id": pids}, meta)
+    if target == ctx.total_prompts and fed < target:
+        ctx.prompts.mark_done()
+    return max(fed, target)
+
+
+def next_batch(ctx: Ctx, version: int) -> list:
+    """Trainer leader: the step's rows (whole groups, v - version <= eta), broadcast to the trainer group."""
+    lay = ctx.comms.layout
+    rows = None
+    if ctx.rank == lay.trainer_leader:
+        with ctx.clock.idle("wait_batch"), span(ctx.recorder, "batch_wait", step=version):
+            b = ctx.samples.get("train", list(SAMPLE_COLUMNS), ctx.P * ctx.n, policy="version_bounded",
+                                version=version, eta=ctx.cfg.workflow.eta, then="grpo_group", group_size=ctx.n)
+        ctx.clock.count("stale_discarded", int(getattr(b, "stale", 0) or 0))
+        rows = rows_from_batch(b, ctx.n)
+    if len(lay.trainer_ranks) > 1:
+        rows = ctx.comms.role_comm.bcast(rows, root=0)
+    return rows
+
+
+def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any) -> list[dict]:
+    """Consume each step's batch, train, and send the new weights in the background."""
+    cfg, lay = ctx.cfg, ctx.comms.layout
+    lead = ctx.rank == lay.trainer_leader
+    history, fed = [], 0
+    t_run = time.perf_counter()
+    for v in range(cfg.workflow.steps):
+        if lead:
+            fed = feed_prompts(ctx, fed, v)
+        rows = next_batch(ctx, v)
+        stale = [v - r.version for r in rows]
+        if any(not staleness.is_fresh(v, r.version, cfg.workflow.eta) for r in rows):
+            raise RuntimeError(f"trainer step {v} got a row outside the staleness bound eta={cfg.workflow.eta}: "
+                               f"staleness {max(stale)}")  # the store policy must make this impossible
+        common.assign_advantages(rows, cfg.algorithm)
+        tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
+        with ctx.clock.busy("train"), span(ctx.recorder, "train_step", step=v, rows=len(rows), tokens=tokens):
+            metrics = trainer.train_step(rows)
+        if lead:
+            with ctx.clock.exposed("send_wait"), span(ctx.recorder, "weight_send", version=v + 1):
+                # Returns at once; it only waits if the previous version is still on the wire.
+                sender.send_async(trainer.named_parameters_for_broadcast(), v + 1)
+            record_rows(ctx.recorder, rows, v, cfg.run.seed, ctx.P, ctx.n)
+        metrics.update(step=float(v), reward_mean=float(np.mean([r.reward for r in rows])),
+                       response_len=float(np.mean([len(r.response_ids) for r in rows])),
+                       staleness_mean=float(np.mean(stale)), staleness_max=float(max(stale)))
+        ctx.clock.count("rows", len(rows))
+        ctx.clock.count("train_tokens", sum(len(r.response_ids) for r in rows))
+        for s in stale:
+            ctx.clock.count(f"staleness_{s}", 1)
+        history.append(metrics)
+        if lead:
+            record_step(ctx.recorder, v, metrics)
+            if ctx.recorder is not None:
+                ctx.recorder.counter("store_occupancy", float(ctx.samples.stats()["rows_live"]))
+        if bar is not None:
+            el = time.perf_counter() - t_run
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:+.4f}",
+                            stale=f"{metrics['staleness_mean']:.2f}",
+                            sps=f"{ctx.clock.counts.get('rows', 0) / max(el, 1e-9):.1f}")
+            bar.update(1)
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole job on one rank
+# ---------------------------------------------------------------------------------------------
+def run_async(cfg: Any, comms: Any, recorder: Any = None) -> dict:
+    import torch
+
+    from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, sampling_params
+    from asyncflow_hpc.workflow.sync import _print_eval, _progress, _save, _warmup, evaluate
+
+    torch.set_num_threads(cfg.device.threads_per_rank)
+    t0 = time.perf_counter()
+    lay, rank = comms.layout, comms.rank
+    task = common.build_task(cfg, comms.device.torch_device)
+    ctx = Ctx(cfg=cfg, comms=comms, task=task, prompts=None, samples=None, recorder=recorder,
+              P=cfg.data.prompts_per_step, n=cfg.rollout.n)
+    ctx.prompts, ctx.samples = open_stores(cfg, comms)
+    is_trainer, is_rollout = lay.has(rank, Role.TRAINER), lay.has(rank, Role.ROLLOUT)
+    trainer = sender = receiver = None
+    if is_trainer:
+        trainer = make_trainer(cfg, task.model, pad_id=task.tokenizer.pad_id, group=comms.trainer_group,
+                               device=comms.device.torch_device)
+        trainer.broadcast_parameters()
+        if cfg.trainer.sft_warmup_steps:
+            _warmup(cfg, _TrainerView(comms), trainer, task, recorder)
+    engine = make_rollout(cfg, task.model, comms.device.torch_device, seed=cfg.run.seed)
+    engine, trainer = maybe_emulate(cfg, engine, trainer, dp=lay.trainer_dp)
+    sender, receiver = _weight_endpoints(cfg, comms, task.model)
+    # Version 0 (after any warm-up) goes to every rollout rank before anything is generated.
+    if sender is not None:
+        sender.send(trainer.named_parameters_for_broadcast(), 0)
+    if receiver is not None:
+        receiver.start()
+        receiver.wait_staged(0)
+        receiver.swap(engine.load_weights)
+    params = sampling_params(cfg.rollout, task.tokenizer.eos_id)
+    greedy = sampling_params(cfg.rollout, task.tokenizer.eos_id, greedy=True)
+    out: dict[str, Any] = {}
+    if cfg.data.eval_size:
+        out["eval_start"] = evaluate(cfg, comms, engine, task, greedy)
+        if rank == 0:
+            _print_eval("start", out["eval_start"])
+    comms.world.Barrier()
+    t_loop = time.perf_counter()
+    if is_trainer:
+        bar = _progress(cfg, rank == lay.trainer_leader)
+        if bar is not None:
+            bar.set_description("grpo async" if cfg.algorithm.name == "grpo" else "ppo async")
+        out["history"] = trainer_loop(ctx, trainer, sender, bar)
+        if bar is not None:
+            bar.close()
+        out["version"] = trainer.version
+    elif is_rollout:
+        out.update(rollout_loop(ctx, engine, receiver, params))
+    elif lay.has(rank, Role.REWARD):
+        out.update(reward_loop(ctx))
+    elif lay.has(rank, Role.STORE):
+        pass  # a dedicated store rank serves the control plane inside close() until every rank is done
+    loop_s = time.perf_counter() - t_loop
+    _final_weights(cfg, sender, receiver, engine, trainer)
+    out["clock"] = ctx.clock.summary(loop_s)
+    out["store"] = ctx.samples.stats() if rank == lay.trainer_leader else None
+    ctx.samples.close()
+    ctx.prompts.close()
+    if cfg.data.eval_size:
+        out["eval_end"] = evaluate(cfg, comms, engine, task, greedy)
+        if rank == 0:
+            _print_eval("end", out["eval_end"])
+    lead = lay.trainer_leader
+    out["per_rank"] = comms.world.gather((rank, str(lay.role_of(rank)), out["clock"]), root=lead)
+    if rank == lead:
+        from asyncflow_hpc.workflow.metrics import aggregate
+
+        out["summary"] = aggregate(out["per_rank"], loop_s)
+        report_async(cfg, out, loop_s)
+    if rank == lay.trainer_leader:
+        _save(cfg, _TrainerView(comms), task)
+    out["wall_s"] = time.perf_counter() - t0
+    out["loop_s"] = loop_s
+    return out
+
+
+class _TrainerView:
+    """The sync warm-up prints on world rank 0; in async mode that is the trainer leader's job."""
+
+    def __init__(self, comms: Any):
+        self.rank = 0 if comms.rank == comms.layout.trainer_leader else 1
+
+
+def _weight_endpoints(cfg: Any, comms: Any, model: Any) -> tuple[Any, Any]:
+    from asyncflow_hpc.weights import WeightReceiver, WeightSender, plan_for
+
+    lay, rank = comms.layout, comms.rank
+    if comms.weight_group is None:
+        return None, None
+    plan = plan_for(list(model.state_dict().items()), cfg.weights)
+    dev = comms.device.torch_device
+    if rank == lay.trainer_leader:
+        return WeightSender(comms.weight_group, plan, src=rank, rank=rank, cfg=cfg.weights, comm_device=dev), None
+    return None, WeightReceiver(comms.weight_group, plan, src=lay.trainer_leader, rank=rank, cfg=cfg.weights,
+                                comm_device=dev)
+
+
+def _final_weights(cfg: Any, sender: Any, receiver: Any, engine: Any, trainer: Any) -> None:
+    """The last version reaches every rollout rank (for the final evaluation), then the sync closes."""
+    steps = cfg.workflow.steps
+    if sender is not None:
+        sender.close()  # waits for the last send (version `steps`), then tells receivers to stop
+    if receiver is not None:
+        if steps > 0:
+            receiver.wait_staged(steps)
+            if receiver.poll() is not None:
+                receiver.swap(engine.load_weights)
+        # The thread ends by itself on the sender's STOP header; stopping it earlier would leave
+        # the trainer leader's STOP broadcast without this rank.
+        deadline = time.monotonic() + cfg.weights.timeout_s
+        while receiver.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        receiver.close()
+
+
+def report_async(cfg: Any, out: dict, loop_s: float) -> None:
+    from asyncflow_hpc.workflow.metrics import format_role_table
+
+    print(format_role_table(out["per_rank"], loop_s), flush=True)
