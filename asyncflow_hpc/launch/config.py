@@ -28,7 +28,10 @@ class LaunchConfig:
     signal_delay_s: int = opt(120, "Seconds before the time limit at which Slurm sends the warning signal (USR2).")
     max_requeues: int = opt(3, "How many times a preempted/timed-out job requeues itself (submit).")
     folder: str = opt("runs/submitit/%j", "submitit log folder (%j = job id).")
-    slurm_extra: dict[str, str] = opt(factory=dict, help="Extra sbatch options for submit, e.g. {account: abc}.")
+    slurm_extra: dict[str, str | int | bool] = opt(
+        factory=dict, help="Extra sbatch options for submit, e.g. {account: abc, exclusive: true}.")
+    submit_cluster: Literal["auto", "slurm", "local"] = opt(
+        "auto", "Where `asyncflow-hpc submit` sends the job: auto = Slurm where sbatch exists, else local processes.")
 
     def __post_init__(self) -> None:
         for name in ("nodes", "cpus_per_task", "time_min"):
