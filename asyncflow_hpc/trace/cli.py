@@ -4,9 +4,10 @@
     asyncflow-hpc trace plot T.h5 -o timeline.png
     asyncflow-hpc trace export T.h5 -o trace.json
     asyncflow-hpc trace simulate T.h5 [--rollout-ranks N] [--trainer-ranks M] [--eta K] [--devices D]
+    asyncflow-hpc trace replay T.h5 [--steps N] [--json]
 
 Each verb is a `main(argv) -> int` named by dotted path in VERBS and imported only when used, so
-another module adds a verb with one line here or `register_verb(...)` (e.g. `replay`). Errors are
+another module adds a verb with one line here or `register_verb(...)`. Errors are
 TraceError (an AsyncFlowError): the top-level CLI prints them as one line.
 """
 
@@ -24,6 +25,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("asyncflow_hpc.trace.cli:export_main", "Chrome/Perfetto trace-event JSON"),
     "simulate": ("asyncflow_hpc.trace.simcli:main",
                  "predict throughput/idle for another split, eta or size; recommend a split"),
+    "replay": ("asyncflow_hpc.trace.replay:main",
+               "re-feed the recorded rows to a fresh trainer; per-step losses must match bit-for-bit"),
 }
 
 

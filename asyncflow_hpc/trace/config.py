@@ -14,6 +14,8 @@ class TraceConfig:
     enabled: bool = opt(True, "Record a trace of this run.")
     path: str = opt("", "Trace file; empty = <run.dir>/trace.h5.")
     flush_rows: int = opt(65536, "Events a rank buffers in memory before appending them to its per-rank file.")
+    payloads: bool = opt(True, "Record the data (token ids, behaviour log-probs) of every consumed row, so "
+                               "`asyncflow-hpc trace replay` can re-feed it; costs ~12 bytes per token.")
     keep_rank_files: bool = opt(False, "Keep the per-rank files (trace.rankNNNNN.h5) after rank 0 merges them.")
     clock_sync_rounds: int = opt(16, "Ping-pong rounds per rank when aligning clocks to rank 0 (min-RTT sample wins).")
     timeout_s: float = opt(300.0, "Timeout of the clock sync and of waiting for every rank to close its file.")

@@ -12,7 +12,15 @@ Models (least squares on the recorded spans, coefficients kept non-negative):
   bandwidth term; the per-token part is fitted at the traced dp (`fit_dp`);
 - weight sync: the trainer is blocked `sync_trainer` per version (`weight_send` spans), new weights
   are usable by rollout `sync_transfer` after the step ends (end of `weight_recv`), and each rollout
-  instance pays `swap` at its next generation boundary (`weight_swap` spans).
+  instance pays `swap` at its next generation boundary (`weight_swap` spans). A broadcast is a tree:
+  with `sync_fit_receivers` > 0 the transfer scales with its depth, ceil(log2(receivers + 1)),
+  relative to the depth at the traced receiver count;
+- the rollout loop around each generate call: `fetch` (taking the next prompt from the store,
+  `prompt_wait` spans without the admission stalls) and `put` (writing the rows, `store_put`);
+  rows are ready for the trainer when the put ends;
+- the trainer's own time between steps (`trainer_gap`: taking the batch, broadcasting it to the
+  trainer group, lineage, metrics) beyond the weight send: the median gap from a step's end to the
+  next step's start, less the batch wait.
 When a trace cannot separate overhead from per-token cost (token counts nearly constant), the whole
 duration is attributed to the per-token term (work that scales), and `notes` says so.
 """
@@ -41,7 +49,14 @@ class CostModel:
     sync_trainer_s: float = 0.0
     sync_transfer_s: float = 0.0
     swap_s: float = 0.0
+    fetch_s: float = 0.0
+    put_s: float = 0.0
+    trainer_gap_s: float = 0.0
     fit_dp: int = 1
+    sync_fit_receivers: int = 0  # > 0: sync_transfer_s was measured with this many receivers (tree scaling)
+    # Recorded generate durations / fitted durations, one per call: the simulator draws a call's factor
+    # from them (the long tail a linear fit cannot explain); empty = every call takes the fitted time.
+    gen_ratios: np.ndarray = field(default_factory=lambda: np.zeros(0))
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -56,9 +71,24 @@ class CostModel:
     def gen_time(self, rows: float, tokens: float) -> float:
         return self.gen_overhead_s + self.gen_per_token_s * tokens + self.gen_per_row_s * rows
 
+    def transfer_time(self, receivers: int) -> float:
+        """Time from a step's end until its weights are usable on `receivers` rollout ranks."""
+        if self.sync_fit_receivers <= 0 or receivers < 1:
+            return self.sync_transfer_s
+        depth = lambda n: max(1, int(np.ceil(np.log2(n + 1))))  # noqa: E731
+        return self.sync_transfer_s * depth(receivers) / depth(self.sync_fit_receivers)
+
     def train_time(self, rows: float, tokens: float, dp: int) -> float:
         work = (self.train_per_token_s * tokens + self.train_per_row_s * rows) * self.fit_dp / dp
         return self.train_overhead_s + work + self.allreduce_s * 2.0 * (dp - 1) / dp
+
+
+def costs_dict(c: CostModel) -> dict:
+    """The scalar coefficients (JSON-able), with the spread of generate calls as percentiles."""
+    out = {k: v for k, v in vars(c).items() if k not in ("notes", "gen_ratios")}
+    r = np.asarray(c.gen_ratios, float)
+    out["gen_ratio_p50_p90_max"] = [float(np.percentile(r, q)) for q in (50, 90, 100)] if len(r) else []
+    return out
 
 
 @dataclass(kw_only=True)
@@ -183,7 +213,38 @@ def fit_costs(t: Trace, shape: Workload | None = None) -> CostModel:
         lags = [float(e) - ends[int(v) - 1] for v, e in zip(recv["version"], recv["t_end"]) if int(v) - 1 in ends]
         lags = [x for x in lags if x >= 0]
         transfer = max(transfer, float(np.median(lags))) if lags else max(transfer, float(np.median(_dur(recv))))
+    fitted = g_ov + g_tok * gen["tokens"] + g_row * np.where(gen["rows"] > 0, gen["rows"], shape.gen_rows)
+    ratios = _dur(gen) / fitted if (fitted > 0).all() else np.zeros(0)
     return CostModel(gen_overhead_s=g_ov, gen_per_token_s=g_tok, gen_per_row_s=g_row, train_overhead_s=t_ov,
                      train_per_token_s=t_tok, allreduce_s=ar_med / (2.0 * (dp - 1) / dp) if dp > 1 else 0.0,
                      sync_trainer_s=sync_trainer, sync_transfer_s=transfer,
-                     swap_s=float(np.median(_dur(swap))) if len(swap) else 0.0, fit_dp=dp, notes=notes)
+                     swap_s=float(np.median(_dur(swap))) if len(swap) else 0.0, fit_dp=dp, notes=notes,
+                     fetch_s=_fetch_cost(t), put_s=float(np.mean(_dur(t.spans_named("store_put")))) if len(
+                         t.spans_named("store_put")) else 0.0,
+                     trainer_gap_s=max(0.0, _trainer_gap(lead, t.spans_named("batch_wait")) - sync_trainer),
+                     sync_fit_receivers=shape.rollout_ranks if len(send) else 0,
+                     gen_ratios=ratios / ratios.mean() if len(ratios) else ratios)
+
+
+def _fetch_cost(t: Trace) -> float:
+    """Mean time to take a prompt from the store, without the waits that admission control causes
+    (those the simulator produces itself): prompt_wait spans longer than 4x their median are stalls."""
+    d = _dur(t.spans_named("prompt_wait"))
+    if len(d) == 0:
+        return 0.0
+    return float(np.mean(d[d <= 4.0 * np.median(d)]))
+
+
+def _trainer_gap(lead: np.ndarray, waits: np.ndarray) -> float:
+    """The trainer's own time per step outside train_step: from a step's end to the next step's start,
+    less the time spent waiting for the batch (median over steps): turning the batch into rows, the
+    batch broadcast inside a data-parallel trainer group, advantages, lineage and metrics."""
+    if len(lead) < 2 or len(waits) == 0:  # without wait spans, waiting and work cannot be told apart
+        return 0.0
+    lead = lead[np.argsort(lead["t_start"])]
+    waits = waits[waits["rank"] == lead["rank"][0]] if len(waits) else waits
+    gaps = []
+    for a, b in zip(lead[:-1], lead[1:]):
+        inside = waits[(waits["t_start"] >= a["t_end"]) & (waits["t_end"] <= b["t_start"])]
+        gaps.append(float(b["t_start"] - a["t_end"]) - float(np.sum(_dur(inside))))
+    return max(0.0, float(np.median(gaps)))

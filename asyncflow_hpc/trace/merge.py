@@ -43,7 +43,9 @@ def write_trace(out_path: str, tables: dict[str, np.ndarray], attrs: dict[str, A
             schema.write_attrs(f, attrs)
             schema.write_meta(f, meta)
             for name, rows in tables.items():
-                schema.append_rows(f, name, _to_bytes_table(rows, name) if rows.dtype != schema.TABLES[name] else rows)
+                if name in schema.TABLES and rows.dtype != schema.TABLES[name]:
+                    rows = _to_bytes_table(rows, name)
+                schema.append_rows(f, name, rows)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out_path)
@@ -57,6 +59,22 @@ def write_trace(out_path: str, tables: dict[str, np.ndarray], attrs: dict[str, A
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def merge_payloads(traces: Sequence[Trace]) -> dict[str, np.ndarray]:
+    """Concatenate the row payloads of several traces, shifting each file's offsets into the flat arrays."""
+    parts, tok_base, lp_base = [], 0, 0
+    for t in traces:
+        p = t.payloads.copy()
+        p["tok_off"] += tok_base
+        p["lp_off"] += lp_base
+        parts.append(p)
+        tok_base += len(t.payload_tokens)
+        lp_base += len(t.payload_logprobs)
+    return {"payloads": np.concatenate(parts) if parts else schema.empty("payloads"),
+            "payload_tokens": np.concatenate([t.payload_tokens for t in traces]).astype(schema.FLAT["payload_tokens"]),
+            "payload_logprobs": np.concatenate([t.payload_logprobs for t in traces]).astype(
+                schema.FLAT["payload_logprobs"])}
 
 
 def merge_traces(rank_files: Sequence[str], out_path: str) -> Trace:
@@ -80,9 +98,12 @@ def merge_traces(rank_files: Sequence[str], out_path: str) -> Trace:
             seen[int(r)] = t.path
     tables = {}
     for name in schema.TABLES:
+        if name == "payloads":
+            continue
         rows = np.concatenate([getattr(t, name) for t in traces])
         key = {"spans": "t_start", "ranks": "rank"}.get(name, "t")
         tables[name] = rows[np.argsort(rows[key], kind="stable")]
+    tables.update(merge_payloads(traces))
     attrs = {k: v for k, v in first.attrs.items() if k not in ("format", "schema_version")}
     attrs.update(merged=True, created_unix=time.time(),
                  world_size=max(int(t.attrs.get("world_size", 1)) for t in traces))

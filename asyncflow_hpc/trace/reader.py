@@ -34,6 +34,9 @@ class Trace:
     metrics: np.ndarray
     counters: np.ndarray
     ranks: np.ndarray
+    payloads: np.ndarray = field(default_factory=lambda: schema.empty("payloads"))
+    payload_tokens: np.ndarray = field(default_factory=lambda: schema.empty("payload_tokens"))
+    payload_logprobs: np.ndarray = field(default_factory=lambda: schema.empty("payload_logprobs"))
     config: dict[str, Any] = field(default_factory=dict)
     topology: Any = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
@@ -58,6 +61,17 @@ class Trace:
         """Rows of metric `name`, sorted by step."""
         m = self.metrics[self.metrics["name"] == name]
         return m[np.argsort(m["step"], kind="stable")]
+
+    def payload_of(self, i: int) -> tuple[list[int], list[int], list[float]]:
+        """(prompt ids, response ids, behaviour log-probs) of payload row i (index into `payloads`)."""
+        p = self.payloads[i]
+        o, lp, lr, lo = int(p["tok_off"]), int(p["prompt_len"]), int(p["response_len"]), int(p["lp_off"])
+        return (self.payload_tokens[o:o + lp].tolist(), self.payload_tokens[o + lp:o + lp + lr].tolist(),
+                self.payload_logprobs[lo:lo + lr].tolist())
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """Every table and flat array by name (as `merge.write_trace` takes them)."""
+        return {name: getattr(self, name) for name in (*schema.TABLES, *schema.FLAT)}
 
     def duration(self) -> tuple[float, float]:
         """(first span start, last span end); (0, 0) when there are no spans."""
@@ -99,23 +113,28 @@ def _attrs(f: Any, path: str) -> dict[str, Any]:
     version = out.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise TraceError(f"{path}: attribute 'schema_version' is {version!r}, expected an integer")
-    if version != schema.SCHEMA_VERSION:
+    if version not in schema.READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in schema.READABLE_VERSIONS)
         raise TraceError(f"{path}: trace schema_version {version}, but this asyncflow_hpc reads schema_version "
-                         f"{schema.SCHEMA_VERSION}; read it with the asyncflow_hpc version that wrote it "
+                         f"{readable}; read it with the asyncflow_hpc version that wrote it "
                          f"(asyncflow_version {out.get('asyncflow_version', '?')})")
     return out
 
 
-def _table(f: Any, name: str, path: str) -> np.ndarray:
-    expected = schema.TABLES[name]
+def _table(f: Any, name: str, path: str, version: int) -> np.ndarray:
+    expected = schema.TABLES[name] if name in schema.TABLES else schema.FLAT[name]
+    if name not in f and version < 2 and name in schema.ADDED_IN_2:
+        return schema.empty(name)
     if name not in f:
         raise TraceError(f"{path}: table '/{name}' is missing; the file is incomplete or corrupt")
     ds = f[name]
     if not hasattr(ds, "dtype") or ds.dtype != expected or len(ds.shape) != 1:
         got = getattr(ds, "dtype", type(ds).__name__)
         raise TraceError(f"{path}: table '/{name}' has layout {got}, expected {expected} for schema_version "
-                         f"{schema.SCHEMA_VERSION}; the file is corrupt or from another program")
+                         f"{version}; the file is corrupt or from another program")
     rows = ds[()]
+    if name in schema.FLAT:
+        return rows
     try:
         return rows.astype(text_dtype(expected))
     except (UnicodeDecodeError, UnicodeError, ValueError):
@@ -143,11 +162,21 @@ def _sanity(t: Trace) -> None:
         bad = int(np.flatnonzero(sp["t_end"] < sp["t_start"])[0])
         raise TraceError(f"{t.path}: span {bad} ('{sp['name'][bad]}') ends before it starts; the file is corrupt")
     ws = t.world_size
-    for name in ("spans", "samples", "metrics", "counters", "ranks"):
+    for name in schema.TABLES:
         ranks = getattr(t, name)["rank"]
         if len(ranks) and (ranks.min() < 0 or ranks.max() >= ws):
             raise TraceError(f"{t.path}: table '/{name}' names rank {int(ranks.max())} outside world size {ws}; "
                              f"the file is corrupt")
+    pl = t.payloads
+    if len(pl):
+        n_tok, n_lp = len(t.payload_tokens), len(t.payload_logprobs)
+        lens_ok = (pl["prompt_len"] >= 0) & (pl["response_len"] >= 0) & (pl["tok_off"] >= 0) & (pl["lp_off"] >= 0)
+        ends_ok = (pl["tok_off"] + pl["prompt_len"] + pl["response_len"] <= n_tok) & \
+            (pl["lp_off"] + pl["response_len"] <= n_lp)
+        if not (lens_ok & ends_ok).all():
+            bad = int(np.flatnonzero(~(lens_ok & ends_ok))[0])
+            raise TraceError(f"{t.path}: payload {bad} (row {int(pl['row'][bad])}) points outside "
+                             f"'/payload_tokens' ({n_tok}) or '/payload_logprobs' ({n_lp}); the file is corrupt")
 
 
 def read_trace(path: str | os.PathLike) -> Trace:
@@ -163,7 +192,8 @@ def read_trace(path: str | os.PathLike) -> Trace:
     try:
         with f:
             attrs = _attrs(f, path)
-            tables = {name: _table(f, name, path) for name in schema.TABLES}
+            version = int(attrs["schema_version"])
+            tables = {name: _table(f, name, path, version) for name in (*schema.TABLES, *schema.FLAT)}
             meta = {key: _meta(f, key, path) for key in schema.META_KEYS}
     except TraceError:
         raise

@@ -8,6 +8,7 @@
         s.set(tokens=n_tokens)
     h = rec.begin("store_wait"); ...; rec.end(h)
     rec.sample(row=r, prompt_id=p, sample_index=i, seed=s, version_produced=w, response_len=n, reward=1.0)
+    rec.payload(row=r, prompt_ids=p_ids, response_ids=r_ids, behav_logprobs=lps)   # data, for `trace replay`
     rec.metric(step, "loss", 0.7); rec.counter("store_occupancy", 12)
     rec.close()                                        # flush; then merge_traces(...) on rank 0
 
@@ -91,7 +92,7 @@ class Recorder:
     enabled = True
 
     def __init__(self, path: str, *, rank: int = 0, role: str = "", world_size: int = 1,
-                 flush_rows: int = 1 << 16, clock: ClockSync | None = None):
+                 flush_rows: int = 1 << 16, clock: ClockSync | None = None, payloads: bool = True):
         self.path, self.rank, self.role, self.world_size = str(path), int(rank), str(role), int(world_size)
         self.flush_rows = max(1, int(flush_rows))
         self.clock = clock or ClockSync.local()
@@ -99,6 +100,10 @@ class Recorder:
         self._samples: list[tuple] = []
         self._metrics: list[tuple] = []
         self._counters: list[tuple] = []
+        self._payloads: list[tuple] = []  # (row, prompt ids, response ids, behaviour log-probs)
+        self._flat_sizes = [0, 0]  # tokens and log-probs already in the file (offsets continue from here)
+        if not payloads:
+            self.payload = None  # callers test `getattr(rec, "payload", None)`: row data is not recorded
         self._threads: dict[int, int] = {}
         self._meta: dict[str, Any] = {"config": {}, "topology": {}, "versions": {}, "extra": {}}
         self._job_id = os.environ.get("SLURM_JOB_ID", "")
@@ -163,6 +168,12 @@ class Recorder:
                               prompt_len, response_len, reward))
         self._tick()
 
+    def payload(self, *, row: int, prompt_ids: Any, response_ids: Any, behav_logprobs: Any) -> None:
+        """The data of a consumed row (token ids and behaviour log-probs), so `trace replay` can re-feed
+        it to a trainer. The sequences are kept by reference until the next flush: do not mutate them."""
+        self._payloads.append((row, prompt_ids, response_ids, behav_logprobs))
+        self._tick()
+
     def metric(self, step: int, name: str, value: float) -> None:
         self._metrics.append((_perf(), step, name, value))
         self._tick()
@@ -185,6 +196,7 @@ class Recorder:
             samples, self._samples = self._samples, []
             metrics, self._metrics = self._metrics, []
             counters, self._counters = self._counters, []
+            payloads, self._payloads = self._payloads, []
             self._n_events = 0
         shift, rank = self.clock.shift, self.rank
         out = {}
@@ -224,7 +236,34 @@ class Recorder:
             co["rank"], co["t"] = rank, np.asarray(cols[0]) + shift
             co["name"], co["value"] = [n.encode() for n in cols[1]], cols[2]
         out["counters"] = co
+        out.update(self._payload_tables(payloads))
         return out
+
+    def _payload_tables(self, payloads: list[tuple]) -> dict[str, np.ndarray]:
+        """Pack payload rows: one table row each, token ids and log-probs concatenated (offsets, no padding)."""
+        pl = np.zeros(len(payloads), dtype=schema.PAYLOAD_DTYPE)
+        if not payloads:
+            return {"payloads": pl, "payload_tokens": schema.empty("payload_tokens"),
+                    "payload_logprobs": schema.empty("payload_logprobs")}
+        tok_parts, lp_parts = [], []
+        for row, p_ids, r_ids, lps in payloads:
+            tok_parts += [np.asarray(p_ids, dtype=np.int32).ravel(), np.asarray(r_ids, dtype=np.int32).ravel()]
+            lp = np.asarray(lps, dtype=np.float32).ravel()
+            if len(lp) != len(r_ids):
+                raise TraceError(f"{self.path}: payload of row {row} has {len(r_ids)} response tokens but "
+                                 f"{len(lp)} log-probs (rank {self.rank}, role {self.role})")
+            lp_parts.append(lp)
+        pl["rank"] = self.rank
+        pl["row"] = [p[0] for p in payloads]
+        pl["prompt_len"] = [len(p[1]) for p in payloads]
+        pl["response_len"] = [len(p[2]) for p in payloads]
+        tok_sizes = (pl["prompt_len"] + pl["response_len"]).astype(np.int64)
+        pl["tok_off"] = self._flat_sizes[0] + np.concatenate([[0], np.cumsum(tok_sizes)[:-1]])
+        pl["lp_off"] = self._flat_sizes[1] + np.concatenate([[0], np.cumsum(pl["response_len"].astype(np.int64))[:-1]])
+        tokens, lps = np.concatenate(tok_parts), np.concatenate(lp_parts)
+        self._flat_sizes[0] += len(tokens)
+        self._flat_sizes[1] += len(lps)
+        return {"payloads": pl, "payload_tokens": tokens, "payload_logprobs": lps}
 
     def _rank_row(self) -> np.ndarray:
         row = np.zeros(1, dtype=schema.RANK_DTYPE)
@@ -312,6 +351,8 @@ class NullRecorder:
     def sample(self, **lineage: Any) -> None:
         return None
 
+    payload = None  # row data is never recorded: `getattr(rec, "payload", None)` is None
+
     def metric(self, step: int, name: str, value: float) -> None:
         return None
 
@@ -360,4 +401,4 @@ def make_recorder(cfg: Any, *, final_path: str, rank: int, role: str, world_size
         return NullRecorder(rank=rank, role=role)
     os.makedirs(os.path.dirname(os.path.abspath(final_path)), exist_ok=True)
     return Recorder(rank_path(final_path, rank), rank=rank, role=role, world_size=world_size,
-                    flush_rows=getattr(cfg, "flush_rows", 1 << 16))
+                    flush_rows=getattr(cfg, "flush_rows", 1 << 16), payloads=getattr(cfg, "payloads", True))

@@ -1,14 +1,18 @@
-"""The HDF5 trace file format (schema version 1): table dtypes, span kinds, the error type, and writing.
+"""The HDF5 trace file format (schema version 2): table dtypes, span kinds, the error type, and writing.
 
 One file layout serves both per-rank files and the merged file (see docs/trace.md):
 
-    /                attrs: format="asyncflow_hpc.trace", schema_version=1, epoch_unix, world_size,
+    /                attrs: format="asyncflow_hpc.trace", schema_version=2, epoch_unix, world_size,
                             job_id, run_name, created_unix, asyncflow_version, merged
     /spans           compound table SPAN_DTYPE    (one row per span; times in seconds, rank-0 clock)
     /samples         compound table SAMPLE_DTYPE  (sample lineage)
     /metrics         compound table METRIC_DTYPE  (per-step scalars: loss, reward, ...)
     /counters        compound table COUNTER_DTYPE (time series: store occupancy, ...)
     /ranks           compound table RANK_DTYPE    (rank, role, host, pid, clock offset and RTT)
+    /payloads        compound table PAYLOAD_DTYPE (v2: where each consumed row's data lies in the two
+                                                   flat arrays below; `trace replay` re-feeds them)
+    /payload_tokens  int32, flat: prompt ids then response ids of each payload row, packed (offsets)
+    /payload_logprobs float32, flat: the behaviour log-prob of each response token, packed
     /meta/config_json, /meta/topology_json, /meta/versions_json, /meta/extra_json   (JSON text)
 
 Tables are chunked, gzip-compressed (with shuffle), checksummed (fletcher32) and resizable, so a
@@ -26,7 +30,9 @@ import numpy as np
 from asyncflow_hpc.errors import AsyncFlowError
 
 FORMAT = "asyncflow_hpc.trace"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this code reads: 1 (no row payloads; every view but `trace replay` works) and 2.
+READABLE_VERSIONS = (1, 2)
 CHUNK_ROWS = 8192
 NAME_LEN = 32
 
@@ -52,10 +58,18 @@ RANK_DTYPE = np.dtype([
     ("rank", "<i4"), ("role", "S32"), ("hostname", "S64"), ("pid", "<i8"),
     ("clock_offset", "<f8"), ("clock_rtt", "<f8"),
 ])
+PAYLOAD_DTYPE = np.dtype([
+    ("rank", "<i4"), ("row", "<i8"), ("tok_off", "<i8"), ("prompt_len", "<i4"), ("response_len", "<i4"),
+    ("lp_off", "<i8"),
+])
 TABLES: dict[str, np.dtype] = {
     "spans": SPAN_DTYPE, "samples": SAMPLE_DTYPE, "metrics": METRIC_DTYPE,
-    "counters": COUNTER_DTYPE, "ranks": RANK_DTYPE,
+    "counters": COUNTER_DTYPE, "ranks": RANK_DTYPE, "payloads": PAYLOAD_DTYPE,
 }
+# Flat (non-compound) arrays the payload table points into.
+FLAT: dict[str, np.dtype] = {"payload_tokens": np.dtype("<i4"), "payload_logprobs": np.dtype("<f4")}
+# Tables added after schema version 1 (absent from version-1 files: read as empty).
+ADDED_IN_2 = frozenset({"payloads", "payload_tokens", "payload_logprobs"})
 META_KEYS = ("config", "topology", "versions", "extra")
 
 
@@ -71,7 +85,7 @@ def span_kind(name: str) -> int:
 
 
 def empty(table: str) -> np.ndarray:
-    return np.zeros(0, dtype=TABLES[table])
+    return np.zeros(0, dtype=TABLES[table] if table in TABLES else FLAT[table])
 
 
 def to_json(value: Any) -> str:
@@ -81,8 +95,9 @@ def to_json(value: Any) -> str:
 
 def create_tables(f: Any) -> None:
     """Create the empty, chunked, compressed, resizable tables and the /meta group in h5py file `f`."""
-    for name, dtype in TABLES.items():
-        f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(CHUNK_ROWS,),
+    for name, dtype in {**TABLES, **FLAT}.items():
+        chunk = CHUNK_ROWS if name in TABLES else 8 * CHUNK_ROWS
+        f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,),
                          compression="gzip", compression_opts=1, shuffle=True, fletcher32=True)
     f.create_group("meta")
 
@@ -94,7 +109,7 @@ def append_rows(f: Any, table: str, rows: np.ndarray) -> None:
     ds = f[table]
     n = ds.shape[0]
     ds.resize((n + len(rows),))
-    ds[n:] = rows.astype(TABLES[table], copy=False)
+    ds[n:] = rows.astype(TABLES[table] if table in TABLES else FLAT[table], copy=False)
 
 
 def write_meta(f: Any, meta: dict[str, Any]) -> None:

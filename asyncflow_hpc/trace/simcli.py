@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from asyncflow_hpc.trace.costmodel import CostModel, Workload, fit_costs, workload_of
+from asyncflow_hpc.trace.costmodel import CostModel, Workload, costs_dict, fit_costs, workload_of
 from asyncflow_hpc.trace.reader import Trace, read_trace
 from asyncflow_hpc.trace.schema import TraceError
 from asyncflow_hpc.trace.simulator import SimResult, SimSpec, recommend_split, simulate
@@ -148,5 +148,5 @@ def main(argv: list[str]) -> int:
               f"ranks ({b['samples_per_s']:.2f} rows/s, {len(scanned)} splits simulated)")
     if args.json:
         print(json.dumps({"measured_samples_per_s": thr, "measured_step_s": step, "cases": rows,
-                          "costs": {k: v for k, v in vars(costs).items() if k != "notes"}}, default=float))
+                          "costs": costs_dict(costs)}, default=float))
     return 0

@@ -113,6 +113,15 @@ def _clipped(intervals: list[tuple[float, float]], lo: float, hi: float) -> floa
     return float(np.clip(np.minimum(a[:, 1], hi) - np.maximum(a[:, 0], lo), 0.0, None).sum())
 
 
+def _call_factors(costs: CostModel, seed: int, calls: int):
+    """A function giving each generate call's duration factor, drawn from costs.gen_ratios (else 1)."""
+    ratios = np.asarray(costs.gen_ratios, float)
+    if len(ratios) == 0:
+        return lambda: 1.0
+    draws = iter(np.random.default_rng(seed + 7919).choice(ratios, size=calls + 16).tolist())
+    return lambda: next(draws, 1.0)
+
+
 class _AsyncSim:
     """State of one async simulation; `run()` processes events in time order."""
 
@@ -132,6 +141,7 @@ class _AsyncSim:
         self.step_end = np.zeros(spec.steps)
         self.avail = [0.0]  # time each policy version becomes usable by rollout
         self.next_step, self.trainer_free, self.admitted = 0, 0.0, 0
+        self.factor = _call_factors(costs, spec.seed, self.total)  # at most one call per row
         self.inst_w = [0] * spec.rollout_instances
         self.waiting: list[int] = []
         self.heap: list[tuple] = []
@@ -166,13 +176,14 @@ class _AsyncSim:
             else:
                 self.waiting.append(inst)
             return
+        t += c.fetch_s  # take the prompt from the store
         r0 = self.admitted
         self.admitted += k
-        dur = c.gen_time(k, self.cs[r0 + k] - self.cs[r0])
+        dur = c.gen_time(k, self.cs[r0 + k] - self.cs[r0]) * self.factor()
         self.admissions.append((r0, k, w))
-        self.busy_roll.append((t, t + dur))
+        self.busy_roll.append((t - c.fetch_s, t + dur + c.put_s))
         self.calls.append((inst, t, t + dur, r0, k))
-        self._push(t + dur, inst, r0, r0 + k)
+        self._push(t + dur + c.put_s, inst, r0, r0 + k)  # rows are ready once written to the store
 
     def _done(self, t: float, inst: int, r0: int, r1: int) -> None:
         b = self.s.batch_rows
@@ -193,9 +204,11 @@ class _AsyncSim:
             self.busy_train.append((start, end))
             if c.sync_trainer_s > 0:
                 self.sync_train.append((end, end + c.sync_trainer_s))
-            self.trainer_free = end + c.sync_trainer_s
+            if c.trainer_gap_s > 0:
+                self.busy_train.append((end + c.sync_trainer_s, end + c.sync_trainer_s + c.trainer_gap_s))
+            self.trainer_free = end + c.sync_trainer_s + c.trainer_gap_s
             self.step_end[v] = end
-            self.avail.append(end + c.sync_transfer_s)
+            self.avail.append(end + c.transfer_time(s.rollout_ranks))
             self.next_step += 1
             for inst in self.waiting:  # they all hold the newest version and wait for the next
                 self._push(self.avail[-1], inst)
@@ -280,13 +293,14 @@ def _simulate_sync(spec: SimSpec, costs: CostModel) -> SimResult:
     cs = np.concatenate([[0.0], np.cumsum(_row_lengths(spec))])
     dp = max(1, spec.devices // spec.trainer_mp)
     t, step_end, busy_gen, busy_train, sync = 0.0, np.zeros(spec.steps), [], [], []
+    factor = _call_factors(costs, spec.seed, spec.steps * b)
     for v in range(spec.steps):
         free = [(t, i) for i in range(n_inst)]  # all instances start the step together
         row, gen_end = v * b, t
         while row < (v + 1) * b:
             t_i, i = heapq.heappop(free)
             k = min(spec.gen_rows, (v + 1) * b - row)
-            dur = costs.gen_time(k, cs[row + k] - cs[row])
+            dur = costs.gen_time(k, cs[row + k] - cs[row]) * factor()
             busy_gen.append((t_i, t_i + dur))
             gen_end = max(gen_end, t_i + dur)
             heapq.heappush(free, (t_i + dur, i))
@@ -326,11 +340,12 @@ def rate_bound(spec: SimSpec, costs: CostModel) -> float:
     lens = spec.response_lens
     resp = float(np.mean(lens)) if lens is not None and len(lens) else spec.response_len
     tokens_row = spec.prompt_len + resp
-    t_gen = costs.gen_time(b, b * resp)
-    step = costs.train_time(big_b, big_b * tokens_row, spec.trainer_dp) + costs.sync_trainer_s
+    t_gen = costs.gen_time(b, b * resp) + costs.fetch_s + costs.put_s
+    step = costs.train_time(big_b, big_b * tokens_row, spec.trainer_dp) + costs.sync_trainer_s + costs.trainer_gap_s
     rounds = -(-big_b // (b * spec.rollout_instances))  # generate calls per instance per batch
     if spec.eta == 0:
-        return big_b / (rounds * t_gen + step - costs.sync_trainer_s + costs.sync_transfer_s + costs.swap_s)
+        return big_b / (rounds * t_gen + step - costs.sync_trainer_s - costs.trainer_gap_s
+                        + costs.transfer_time(spec.rollout_ranks) + costs.swap_s)
     return min(spec.rollout_instances * b / t_gen if t_gen > 0 else float("inf"), big_b / step)
 
 

@@ -84,7 +84,7 @@ def test_foreign_hdf5(tmp_path):
 def test_wrong_schema_version(good):
     with h5py.File(good, "a") as f:
         f.attrs["schema_version"] = 99
-    msg = _fails(good, "schema_version 99", "reads schema_version 1")
+    msg = _fails(good, "schema_version 99", "reads schema_version 1 and 2")
     assert "asyncflow_version test" in msg
     with h5py.File(good, "a") as f:
         f.attrs["schema_version"] = "one"
@@ -126,3 +126,41 @@ def test_rank_outside_world(good):
 def test_cli_raises_trace_error(tmp_path):
     with pytest.raises(TraceError, match="not found"):
         cli.main(["summary", str(tmp_path / "missing.h5")])
+
+
+def _as_version_1(path):
+    """What a schema-version-1 writer left: no payload tables, schema_version 1."""
+    with h5py.File(path, "a") as f:
+        for name in ("payloads", "payload_tokens", "payload_logprobs"):
+            del f[name]
+        f.attrs["schema_version"] = 1
+
+
+def test_schema_version_1_still_reads_without_payloads(good):
+    _as_version_1(good)
+    t = read_trace(good)
+    assert t.schema_version == 1 and len(t.spans) == 50 and len(t.payloads) == 0 and len(t.payload_tokens) == 0
+
+
+def test_replay_of_version_1_says_what_to_do(good):
+    from asyncflow_hpc.trace.replay import replay
+
+    _as_version_1(good)
+    with pytest.raises(TraceError, match=r"good\.h5: the trace holds no row payloads \(schema_version 1\).*"
+                                         r"trace.payloads=true"):
+        replay(str(good))
+
+
+def test_version_2_without_payload_tables_is_incomplete(good):
+    with h5py.File(good, "a") as f:
+        del f["payload_tokens"]
+    _fails(good, "table '/payload_tokens' is missing")
+
+
+def test_payload_offsets_outside_the_flat_arrays(good):
+    with h5py.File(good, "a") as f:
+        f["payloads"].resize((1,))
+        row = np.zeros(1, dtype=f["payloads"].dtype)
+        row["row"], row["tok_off"], row["prompt_len"], row["response_len"] = 7, 0, 5, 3
+        f["payloads"][0:1] = row
+    _fails(good, "payload 0 (row 7) points outside '/payload_tokens' (0)")

@@ -63,7 +63,7 @@ def test_round_trip(tmp_path):
     assert (t.metrics["name"][0], t.metrics["step"][0], t.metrics["value"][0]) == ("loss", 3, 0.25)
     assert (t.counters["name"][0], t.counters["value"][0]) == ("store_occupancy", 12.0)
     assert t.config == {"workflow": {"eta": 2}} and t.topology == "world=2"
-    assert t.job_id == "77" and t.attrs["run_name"] == "r" and t.schema_version == 1
+    assert t.job_id == "77" and t.attrs["run_name"] == "r" and t.schema_version == 2
     assert "numpy" in t.versions and "python" in t.versions
     assert t.ranks["role"].tolist() == ["trainer"] and t.ranks["pid"][0] == os.getpid()
 
@@ -171,3 +171,39 @@ def test_trace_config_checks():
     for bad in ({"flush_rows": 0}, {"clock_sync_rounds": 0}, {"timeout_s": 0.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             TraceConfig(**bad)
+
+
+def test_payload_round_trip_across_flushes_and_merge(tmp_path):
+    from asyncflow_hpc.trace.merge import merge_traces
+    from asyncflow_hpc.trace.recorder import Recorder
+
+    rng = np.random.default_rng(0)
+    data = {}
+    files = []
+    sync = ClockSync(0.0, 0.0, time.perf_counter(), 5.0)  # one run: a shared epoch
+    for rank in range(2):
+        rec = Recorder(str(tmp_path / f"p{rank}.h5"), rank=rank, role="trainer", world_size=2, flush_rows=3,
+                       clock=sync)
+        for k in range(5):  # flush_rows=3: the rows land in several appends
+            row = 100 * rank + k
+            p, r = rng.integers(0, 50, k + 2).tolist(), rng.integers(0, 50, k + 1).tolist()
+            lp = rng.normal(size=k + 1).astype(np.float32).tolist()
+            data[row] = (p, r, lp)
+            rec.payload(row=row, prompt_ids=p, response_ids=r, behav_logprobs=lp)
+        rec.close()
+        files.append(rec.path)
+    for path in [*files, merge_traces(files, str(tmp_path / "m.h5")).path]:
+        t = read_trace(path)
+        assert len(t.payloads) == (10 if path.endswith("m.h5") else 5)
+        for i, row in enumerate(t.payloads["row"]):
+            assert t.payload_of(i) == data[int(row)]  # ids exact; log-probs exact float32 values
+
+
+def test_payloads_off_and_null_recorder(tmp_path):
+    from asyncflow_hpc.trace.recorder import NullRecorder, Recorder
+
+    assert getattr(NullRecorder(), "payload", None) is None
+    rec = Recorder(str(tmp_path / "x.h5"), payloads=False)
+    assert getattr(rec, "payload", None) is None
+    rec.close()
+    assert len(read_trace(str(tmp_path / "x.h5")).payloads) == 0

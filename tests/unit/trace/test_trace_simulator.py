@@ -149,7 +149,7 @@ def test_fit_linear():
 
 def _recorded(tmp_path, steps=20):
     truth = CostModel(gen_overhead_s=0.05, gen_per_token_s=1e-3, train_per_token_s=2e-5, sync_trainer_s=0.02,
-                      sync_transfer_s=0.05, swap_s=0.01)
+                      sync_transfer_s=0.05, swap_s=0.01, fetch_s=0.004, put_s=0.006, sync_fit_receivers=3)
     lens = np.random.default_rng(1).integers(20, 200, 500)
     spec = SimSpec(rollout_instances=3, trainer_dp=1, batch_rows=32, gen_rows=4, eta=1, steps=steps,
                    prompt_len=30, response_len=float(lens.mean()), response_lens=lens)
@@ -166,6 +166,7 @@ def test_costs_fitted_from_a_trace(tmp_path):
     assert c.gen_overhead_s == pytest.approx(0.05, rel=1e-6) and c.gen_per_token_s == pytest.approx(1e-3, rel=1e-6)
     assert c.sync_trainer_s == pytest.approx(0.02) and c.sync_transfer_s == pytest.approx(0.05)
     assert c.swap_s == pytest.approx(0.01)
+    assert c.fetch_s == pytest.approx(0.004) and c.put_s == pytest.approx(0.006) and c.sync_fit_receivers == 3
     # The fitted model predicts another split as the true model does.
     other = SimSpec(**{**spec.__dict__, "rollout_instances": 6, "trainer_dp": 2, "response_lens": shape.response_lens})
     truth_other = SimSpec(**{**spec.__dict__, "rollout_instances": 6, "trainer_dp": 2})
