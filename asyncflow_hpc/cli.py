@@ -142,3 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_json_last(obj: dict) -> None:
     """Benchmarks: the JSON object is the last line of stdout."""
     print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,17 +15,27 @@ OVERRIDES = ["workflow.steps=2", "data.prompts_per_step=4", "rollout.n=4", "roll
              "data.eval_size=8", "trainer.micro_batch_rows=8"]
 
 
+class _Span:
+    def set(self, **attrs):
+        return self
+
+
 class _Recorder:
-    def __init__(self):
-        self.spans, self.samples = [], []
+    """Records what the workflow reports, with the same call shapes as trace.recorder.Recorder."""
+
+    def __init__(self, rank):
+        self.rank, self.spans, self.samples = rank, [], []
 
     @contextlib.contextmanager
     def span(self, name, **attrs):
         self.spans.append(name)
-        yield
+        yield _Span()
 
     def sample(self, **fields):
-        self.samples.append(fields)
+        self.samples.append(dict(fields, rank=self.rank))
+
+    def metric(self, step, name, value):
+        pass
 
 
 def _main(argv: list[str]) -> None:
@@ -40,7 +50,7 @@ def _main(argv: list[str]) -> None:
     cfg = load_config("configs/default.yaml", argv)
     world = MPI.COMM_WORLD
     comms = Comms.create(build_layout(cfg, read_env(), world), cfg.device, world=world)
-    rec = _Recorder()
+    rec = _Recorder(world.rank)
     try:
         out = run_sync(cfg, comms, recorder=rec)
     finally:
@@ -66,10 +76,11 @@ def test_sync_two_ranks_matches_one_rank():
         out = res["out"]
         assert out["version"] == 2 and len(out["history"]) == 2
         assert 0.0 <= out["eval_start"]["accuracy"] <= 1.0 and out["eval_end"]["count"] == 8
-        assert {"generate", "train", "evaluate"} <= set(res["spans"])
+        assert {"generate", "train_step", "evaluate"} <= set(res["spans"])
         assert len(res["samples"]) == 2 * 4 * 4  # every row recorded once, by the rank that made it
     key = lambda r: (r["prompt_id"], r["sample_index"])  # noqa: E731
-    step0 = lambda res: sorted((key(s), s["reward"], s["length"]) for s in res["samples"] if s["version"] == 0)  # noqa: E731
+    step0 = lambda res: sorted((key(s), s["reward"], s["response_len"])  # noqa: E731
+                               for s in res["samples"] if s["version_produced"] == 0)
     # Same seeds -> the same samples, whichever rank generated them.
     assert step0(one) == step0(two)
     assert {s["rank"] for s in two["samples"]} == {0, 1}
