@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-OVERRIDES = ["workflow.steps=2", "data.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=3",
+OVERRIDES = ["workflow.mode=sync", "workflow.steps=2", "data.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=3",
              "data.eval_size=8", "trainer.micro_batch_rows=8"]
 
 
