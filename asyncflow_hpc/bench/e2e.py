@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     from asyncflow_hpc.config import load_config
 
     cfg = load_config(ns.config, ns.overrides)  # fail early on a bad config or override
-    steps = 12 if ns.quick else cfg.workflow.steps
+    steps = 24 if ns.quick else cfg.workflow.steps
     common = [f"workflow.steps={steps}", *ns.overrides]
     wd = workdir("bench-e2e")
     try:
