@@ -39,7 +39,9 @@ def test_shipped_configs_load(name, monkeypatch):
 
     root = Path(__file__).resolve().parents[3]
     cfg = load_config(str(root / "configs" / f"{name}.yaml"))
-    assert cfg.workflow.mode == "sync" and cfg.topology.colocate
+    # The shipped configs run AsyncFlow: separate trainer and rollout groups under a staleness bound.
+    assert cfg.workflow.mode == "async" and not cfg.topology.colocate and cfg.workflow.eta >= 1
+    assert 1 <= cfg.topology.trainer_ranks < cfg.topology.world_size
     if name == "default":
         assert cfg.topology.world_size == 4 and cfg.device.threads_per_rank == 1 and not cfg.data.train_path
     else:
