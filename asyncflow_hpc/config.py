@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from asyncflow_hpc.algorithms.config import AlgorithmConfig
+from asyncflow_hpc.checkpoint.config import CheckpointConfig
 from asyncflow_hpc.configlib import Source, build, fail, load_yaml, opt, parse_override, section, set_dotted, to_dict
 from asyncflow_hpc.data.config import DataConfig
 from asyncflow_hpc.engines.config import RolloutConfig, TrainerConfig
 from asyncflow_hpc.engines.emulated import EmulationConfig
 from asyncflow_hpc.errors import ConfigError
 from asyncflow_hpc.launch.config import LaunchConfig
+from asyncflow_hpc.launch.monitor import MonitorConfig
 from asyncflow_hpc.models.config import ModelConfig
 from asyncflow_hpc.rewards.config import RewardConfig
 from asyncflow_hpc.store.config import StoreConfig
@@ -64,6 +66,10 @@ class JobConfig:
     weights: WeightSyncConfig = section(WeightSyncConfig)
     trace: TraceConfig = section(TraceConfig)
     emulation: EmulationConfig = section(EmulationConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+    monitor: MonitorConfig = section(MonitorConfig)
+    resume: str = opt("", "Resume from a checkpoint: '' = start fresh; 'auto' = the newest checkpoint of this "
+                          "run (checkpoint.dir), fresh if there is none; or a checkpoint directory.")
 
     # Where it came from (not a key): filled by load_config for messages and traces.
     source_file: str | None = None
@@ -87,7 +93,23 @@ def _cross_check(cfg: JobConfig, where: str) -> None:
 
 
 def load_config(path: str | None, overrides: Sequence[str] = ()) -> JobConfig:
-    """YAML file (or None for the built-in defaults) + overrides -> checked JobConfig."""
+    """YAML file (or None for the built-in defaults) + overrides -> checked JobConfig.
+
+    Every problem is ONE line of ConfigError (fuzzed: tests/unit/config/test_config_fuzz.py)."""
+    try:
+        return _load_config(path, overrides)
+    except ConfigError as exc:
+        msg = " ".join(str(exc).split())  # YAML parser messages span lines; keep the one-line contract
+        if msg == str(exc):
+            raise
+        raise type(exc)(msg) from None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError, UnicodeError) as exc:
+        where = path or "<defaults>"
+        raise ConfigError(f"{where}: cannot use this configuration ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:300]}); check the file and the key=value overrides") from None
+
+
+def _load_config(path: str | None, overrides: Sequence[str] = ()) -> JobConfig:
     data: dict[str, Any] = load_yaml(path) if path else {}
     data = copy.deepcopy(data)
     cli_keys = []

@@ -25,25 +25,46 @@ def rank_main(argv: list[str]) -> int:
     overrides = argv[1:] if config_path else argv
     env = read_env()
     where = f"rank {env.rank}"
+    _dump_stacks_on_sigquit()
     try:
         cfg = load_config(config_path, overrides)
     except AsyncFlowError as exc:
         return _fail(where, exc, tb=False)
     try:
+        from asyncflow_hpc.launch.monitor import Heartbeat
         from asyncflow_hpc.workflow.driver import run_rank
 
-        return run_rank(cfg, env)
+        hb = Heartbeat.from_env(rank=env.rank, role="starting") if cfg.monitor.enabled else None
+        rc = run_rank(cfg, env)
+        if hb is not None:
+            hb.finish("done" if rc == 0 else f"failed: exit code {rc}")
+        return rc
     except AsyncFlowError as exc:
         return _fail(getattr(exc, "where", where), exc, tb=bool(os.environ.get("ASYNCFLOW_TRACEBACK")))
     except Exception as exc:  # noqa: BLE001 - any crash must take the job down, loudly
         return _fail(where, exc, tb=True)
 
 
+def _dump_stacks_on_sigquit() -> None:
+    """`kill -QUIT <rank pid>` prints every thread's Python stack (diagnosing a hang without a debugger)."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGQUIT"):
+        faulthandler.register(signal.SIGQUIT, all_threads=True)
+
+
 def _fail(where: str, exc: BaseException, *, tb: bool) -> int:
     if tb:
         traceback.print_exc()
-    print(f"asyncflow-hpc: error: [{where}] {type(exc).__name__}: {exc}" if "rank" not in str(exc)[:12]
-          else f"asyncflow-hpc: error: {exc}", file=sys.stderr, flush=True)
+    line = (f"[{where}] {type(exc).__name__}: {exc}" if "rank" not in str(exc)[:12] else str(exc))
+    hb = sys.modules.get("asyncflow_hpc.launch.monitor")
+    hb = hb.Heartbeat.current if hb is not None else None
+    if hb is not None and hb.finish(f"failed: {type(exc).__name__}: {exc}"):
+        # The launcher's monitor prints the one error line for the job (rank, role, last activity).
+        print(f"asyncflow-hpc: rank failed: {line}", file=sys.stderr, flush=True)
+    else:
+        print(f"asyncflow-hpc: error: {line}", file=sys.stderr, flush=True)
     _abort()
     return 1
 

@@ -9,18 +9,19 @@
 #   1. The template asks for `--signal=B:USR2@S`: Slurm sends USR2 to this batch shell S seconds
 #      before the time limit.
 #   2. The trap below forwards USR2 to every job step (`scancel --signal=USR2`), i.e. to the ranks
-#      under srun, which checkpoint and leave their loop (their handler is issue 7's work; until it
-#      lands, USR2 ends the ranks at once).
+#      under srun: at the next step boundary they write a checkpoint (trainer, optimizer, RNG, the
+#      store's rows in flight) and leave their loop (docs/reliability.md).
 #   3. When the step has ended, the job requeues itself (`scontrol requeue`, allowed by `--requeue`)
 #      unless it already did so ASYNCFLOW_MAX_REQUEUES times; `--open-mode=append` keeps one log.
-#   4. The requeued run sees SLURM_RESTART_COUNT > 0 and adds $ASYNCFLOW_RESUME_OVERRIDE (e.g.
-#      `resume=auto`, once that key exists) to the command line.
+#   4. The requeued run sees SLURM_RESTART_COUNT > 0 and adds $ASYNCFLOW_RESUME_OVERRIDE
+#      (default `resume=auto`: continue from the newest checkpoint; a run that had already
+#      completed exits at once) to the command line.
 #
 # Variables (defaults in brackets; export them before sbatch or set them in the template):
 #   ASYNCFLOW_VENV [$ASYNCFLOW_ROOT/.venv]       virtualenv with asyncflow_hpc installed ("" = none)
 #   ASYNCFLOW_CMD [asyncflow-hpc run]            what runs the job inside the allocation
 #   ASYNCFLOW_MAX_REQUEUES [3]                   self-requeues after the warning signal
-#   ASYNCFLOW_RESUME_OVERRIDE [""]               override added when the job was requeued
+#   ASYNCFLOW_RESUME_OVERRIDE [resume=auto]      override added when the job was requeued ("" = none)
 #   ASYNCFLOW_SRUN_MPI [""]                      force srun --mpi=... (launch.srun_mpi; "" = auto)
 
 asyncflow_log() { echo "[asyncflow $(date +%H:%M:%S)] $*"; }
@@ -75,8 +76,9 @@ asyncflow_launch() {
     local args=("$config")
     [ -n "${ASYNCFLOW_SRUN_MPI:-}" ] && args+=("launch.srun_mpi=$ASYNCFLOW_SRUN_MPI")
     args+=("${ASYNCFLOW_TEMPLATE_OVERRIDES[@]}")
-    if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ -n "${ASYNCFLOW_RESUME_OVERRIDE:-}" ]; then
-        args+=("$ASYNCFLOW_RESUME_OVERRIDE")
+    local resume="${ASYNCFLOW_RESUME_OVERRIDE-resume=auto}"
+    if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ -n "$resume" ]; then
+        args+=("$resume")
     fi
     args+=("$@")  # the user's overrides come last, so they win
     local cmd

@@ -11,6 +11,10 @@ Rank 0 of each job is a dedicated store rank (controller + storage). With --tran
 workload also runs on the PyPI `transferqueue` package in its own venv (created on first use under
 ~/.cache/asyncflow_hpc/tq_venv) and vs_transferqueue = our grpo 1p/1c rows/s / theirs.
 --json prints one JSON object as the last line (rows_per_s, gbps, bw_over_memcpy, vs_transferqueue, ...).
+--hosts 2 runs every scenario a second time with ranks on two hosts made of network namespaces
+(scripts/netns_hosts.sh; the ones named by $ASYNCFLOW_NETNS, else temporary ones: needs root), MPI
+over TCP between them: the store rank on host 0, producers on host 1, consumers on host 0 (1 MiB rows:
+putter and getter on host 1), and reports those inter-host figures beside the intra-host ones.
 """
 
 from __future__ import annotations
@@ -56,13 +60,21 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def run_scenario(mpiexec: str, ranks: int, scenario: str, extra: list[str], timeout: float) -> dict:
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "asyncflow_hpc.bench._store_worker",
-           "--scenario", scenario, *extra]
-    if "openmpi" in mpiexec.lower() or "ompi" in mpiexec.lower():
-        cmd.insert(1, "--oversubscribe")
+def run_scenario(mpiexec: str, ranks: int, scenario: str, extra: list[str], timeout: float,
+                 hosts: Any = None, per_rank: list[int] | None = None) -> dict:
+    argv = [sys.executable, "-m", "asyncflow_hpc.bench._store_worker", "--scenario", scenario, *extra]
+    env = _env()
+    if hosts is not None:  # NetnsHosts: hydra on host 0 places rank r on host per_rank[r]
+        from asyncflow_hpc.launch.hosts import INTER_HOST_MPICH_ENV
+
+        cmd = hosts.mpiexec_cmd(mpiexec, per_rank, argv)
+        env.update(INTER_HOST_MPICH_ENV)
+    else:
+        cmd = [mpiexec, "-n", str(ranks), *argv]
+        if "openmpi" in mpiexec.lower() or "ompi" in mpiexec.lower():
+            cmd.insert(1, "--oversubscribe")
     try:
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         raise LaunchError(f"bench store: {' '.join(cmd)} ran past {timeout:.0f}s") from None
     out = _last_json(proc.stdout)
@@ -108,6 +120,63 @@ def scenarios(quick: bool) -> list[tuple[str, str, int, list[str]]]:
             ("1 MiB rows", "bw", 3, ["--rows", "32", "--batch", "8", "--reps", "3" if quick else "6"])]
 
 
+def inter_placement(scenario: str, ranks: int, extra: list[str]) -> list[int]:
+    """Host of each rank across two hosts: store rank 0 on host 0, producers on host 1, consumers on
+    host 0 (so every row crosses once); for 1 MiB rows the putter and getter (1, 2) on host 1."""
+    if scenario == "bw":
+        return [0] + [1] * (ranks - 1)
+    producers = int(extra[extra.index("--producers") + 1])
+    return [0] + [1] * producers + [0] * (ranks - 1 - producers)
+
+
+def _two_hosts():
+    """(NetnsHosts, made_here): $ASYNCFLOW_NETNS if it names hosts that exist, else temporary ones."""
+    import uuid
+
+    from asyncflow_hpc.launch.hosts import NetnsHosts, netns_available
+
+    name = os.environ.get("ASYNCFLOW_NETNS")
+    if name:
+        return NetnsHosts.load(name), False
+    reason = netns_available()
+    if reason:
+        raise LaunchError(f"bench store --hosts 2: cannot make namespace hosts: {reason}")
+    return NetnsHosts.up(2, "afb" + uuid.uuid4().hex[:4]), True
+
+
+def _inter_table(intra: dict[str, dict], inter: dict[str, dict]) -> str:
+    lines = [f"{'two hosts (TCP)':<24}{'rows/s':>12}{'GB/s':>9}{'get p50 ms':>12}{'get p99 ms':>12}"
+             f"{'inter/intra':>13}{'MB on wire':>12}"]
+    for name, r in inter.items():
+        if "rows_per_s" in r:
+            ratio = r["rows_per_s"] / intra[name]["rows_per_s"]
+            lines.append(f"{name:<24}{r['rows_per_s']:>12.0f}{r['gbps']:>9.3f}{r['get_p50_ms']:>12.2f}"
+                         f"{r['get_p99_ms']:>12.2f}{ratio:>13.2f}{r['wire_bytes'] / 1e6:>12.1f}")
+    bw = inter.get("1 MiB rows")
+    if bw:
+        lines.append(f"1 MiB rows GB/s across hosts: store put {bw['store_put']:.2f} get {bw['store_get']:.2f} | "
+                     f"raw MPI put {bw['mpi_put']:.2f} get {bw['mpi_get']:.2f} | {bw['wire_bytes'] / 1e6:.0f} MB on wire")
+    return "\n".join(lines)
+
+
+def run_inter(mpiexec: str, quick: bool) -> dict[str, dict]:
+    from asyncflow_hpc.launch.hosts import traffic_delta
+
+    hosts, made = _two_hosts()
+    try:
+        out = {}
+        for name, scenario, ranks, extra in scenarios(quick):
+            before = hosts.traffic()
+            r = run_scenario(mpiexec, ranks, scenario, extra, timeout=300, hosts=hosts,
+                             per_rank=inter_placement(scenario, ranks, extra))
+            r["wire_bytes"] = sum(tx for tx, _ in traffic_delta(before, hosts.traffic()).values())
+            out[name] = r
+        return out
+    finally:
+        if made:
+            hosts.down()
+
+
 def _table(results: dict[str, dict], tq: dict | None) -> str:
     lines = [f"{'scenario':<24}{'rows/s':>12}{'GB/s':>9}{'get p50 ms':>12}{'get p99 ms':>12}"]
     for name, r in results.items():
@@ -130,19 +199,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--transferqueue", action="store_true", help="also run the GRPO workload on PyPI transferqueue")
     ap.add_argument("--mpiexec", help="mpiexec to launch the ranks with (default: the one beside python)")
+    ap.add_argument("--hosts", type=int, choices=[1, 2], default=1,
+                    help="2: also run every scenario across two network-namespace hosts (MPI over TCP)")
     args = ap.parse_args(argv)
     mpiexec = _mpiexec(args.mpiexec)
     results: dict[str, Any] = {}
     for name, scenario, ranks, extra in scenarios(args.quick):
         results[name] = run_scenario(mpiexec, ranks, scenario, extra, timeout=300)
     tq = run_tq(1024 if args.quick else 4096, timeout=600) if args.transferqueue else None
+    inter = run_inter(mpiexec, args.quick) if args.hosts == 2 else None
     main_r, bw = results["grpo 1p/1c"], results["1 MiB rows"]
     summary = {"rows_per_s": main_r["rows_per_s"], "gbps": main_r["gbps"],
                "get_p50_ms": main_r["get_p50_ms"], "get_p99_ms": main_r["get_p99_ms"],
                "bw_over_memcpy": bw["bw_over_memcpy"], "bw_row_bytes": bw["row_bytes"],
                "vs_transferqueue": (main_r["rows_per_s"] / tq["rows_per_s"]) if tq else None,
-               "transferqueue": tq, "scenarios": results, "mpiexec": mpiexec, "quick": args.quick}
+               "transferqueue": tq, "scenarios": results, "mpiexec": mpiexec, "quick": args.quick,
+               "inter_host": inter}
     print(_table(results, tq))
+    if inter:
+        print(_inter_table(results, inter))
     vs = "n/a" if tq is None else f"{summary['vs_transferqueue']:.1f}"
     print(f"rows/s (grpo 1p/1c) {summary['rows_per_s']:.0f}; bw_over_memcpy {summary['bw_over_memcpy']:.2f}; "
           f"vs_transferqueue {vs}")

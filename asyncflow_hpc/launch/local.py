@@ -81,7 +81,12 @@ def launch_command(cfg, config_path: str | None, overrides: Sequence[str],
     else:
         mpiexec = find_mpiexec(lc.mpiexec)
         cmd = [mpiexec, "-n", str(cfg.topology.world_size)]
-        if mpi_flavour(mpiexec) == "openmpi":
+        flavour = mpi_flavour(mpiexec)
+        if flavour == "mpich" and _monitored(cfg):
+            # The launcher's monitor kills the job itself, naming the dead rank; with hydra's own
+            # clean-up every rank would vanish at once and the culprit could not be told apart.
+            cmd.append("-disable-auto-cleanup")
+        if flavour == "openmpi":
             cmd.append("--oversubscribe")
             extra_env.update({"OMPI_MCA_osc": env.get("OMPI_MCA_osc", "^ucx")})
             if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -90,8 +95,17 @@ def launch_command(cfg, config_path: str | None, overrides: Sequence[str],
     return cmd + rank_argv(config_path, overrides), extra_env
 
 
+def _monitored(cfg) -> bool:
+    mon = getattr(cfg, "monitor", None)
+    return bool(mon is not None and mon.enabled)
+
+
+def heartbeat_dir(cfg) -> str:
+    return os.path.join(cfg.run.resolved_dir, "heartbeat")
+
+
 def run(cfg, config_path: str | None, overrides: Sequence[str], *, dry_run: bool = False) -> int:
-    """Print the launch command, run it, and return its exit code."""
+    """Print the launch command, run it under the failure monitor, and return its exit code."""
     cmd, extra_env = launch_command(cfg, config_path, overrides)
     print("asyncflow-hpc: launching: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     if dry_run:
@@ -100,10 +114,58 @@ def run(cfg, config_path: str | None, overrides: Sequence[str], *, dry_run: bool
     env.update(extra_env)
     # Ranks share the node's cores: give torch one thread each unless the user says otherwise.
     env.setdefault("OMP_NUM_THREADS", str(cfg.device.threads_per_rank))
+    if not _monitored(cfg):
+        try:
+            return subprocess.run(cmd, env=env).returncode
+        except FileNotFoundError as exc:
+            raise LaunchError(f"cannot start {cmd[0]}: {exc}") from None
+        except KeyboardInterrupt:
+            return 130
+    return _run_monitored(cfg, cmd, env)
+
+
+def _run_monitored(cfg, cmd: list[str], env: dict[str, str]) -> int:
+    """The child in its own process group (signals forwarded), watched by launch/monitor.py."""
+    import shutil as _sh
+    import signal
+
+    import socket
+
+    from asyncflow_hpc.launch.monitor import ENV_DIR, ENV_INTERVAL, ENV_LAUNCHER, watch
+
+    hb = heartbeat_dir(cfg)
+    _sh.rmtree(hb, ignore_errors=True)  # beats of an earlier launch of this run must not be read as ours
+    os.makedirs(hb, exist_ok=True)
+    env[ENV_DIR], env[ENV_INTERVAL] = os.path.abspath(hb), str(cfg.monitor.interval_s)
+    env[ENV_LAUNCHER] = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        proc = subprocess.run(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     except FileNotFoundError as exc:
         raise LaunchError(f"cannot start {cmd[0]}: {exc}") from None
-    except KeyboardInterrupt:
-        return 130
-    return proc.returncode
+
+    def forward(signum, _frame):
+        """Ctrl-C / TERM: the whole child group. The warning signal (USR2): straight to the ranks (their
+        heartbeats name their pids), because MPICH's hydra processes die on an unexpected USR2; srun
+        forwards it to its tasks itself."""
+        from asyncflow_hpc.launch.monitor import read_heartbeats
+
+        try:
+            if signum != signal.SIGUSR2:
+                os.killpg(proc.pid, signum)
+                return
+            if cmd[0] == "srun" or os.path.basename(cmd[0]) == "srun":
+                proc.send_signal(signum)
+                return
+            host = socket.gethostname()
+            for rec in read_heartbeats(hb).values():
+                if rec.get("host") == host and rec.get("status") == "running":
+                    os.kill(int(rec["pid"]), signum)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGUSR2, signal.SIGINT, signal.SIGTERM)}
+    try:
+        return watch(proc, hb, cfg.topology.world_size, cfg.monitor)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

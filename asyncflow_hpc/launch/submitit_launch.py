@@ -61,6 +61,8 @@ class RankTask(submitit.helpers.Checkpointable):
         env = read_env()
         je = submitit.JobEnvironment()
         rc = rank_main([self.config_path, *self.overrides])
+        if rc == 0:
+            self._requeue_if_stopped()
         if rc != 0:
             raise LaunchError(f"rank {env.rank} of job {env.job_id}: asyncflow_hpc.main exited with {rc} "
                               f"(its one-line error is in this task's stderr log)")
@@ -70,6 +72,32 @@ class RankTask(submitit.helpers.Checkpointable):
                 "source": env.source, "requeues": self.requeues,
                 "submitit": {"job_id": je.job_id, "global_rank": je.global_rank, "local_rank": je.local_rank,
                              "num_tasks": je.num_tasks, "node": je.node, "num_nodes": je.num_nodes}}
+
+    def _requeue_if_stopped(self) -> None:
+        """The warning signal came and the ranks wrote a checkpoint and stopped: now run submitit's own USR2
+        handler (taken over by the ranks' StopFlag so that it could not requeue before the checkpoint):
+        on rank 0 it pickles `checkpoint()` (resume=auto) and runs `scontrol requeue`; every rank then
+        exits without a result (the requeued job writes it)."""
+        import json
+        import signal
+
+        from asyncflow_hpc.checkpoint.signals import StopFlag
+        from asyncflow_hpc.config import load_config
+
+        flag = StopFlag.current()
+        if flag is None or not flag.requested():
+            return
+        try:
+            run_dir = load_config(self.config_path, self.overrides).run.resolved_dir
+            with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as fh:
+                stopped = bool(json.load(fh).get("stopped"))
+        except (OSError, ValueError):
+            stopped = True  # no result: the run did not finish, so it must go on
+        if not stopped:
+            return
+        if callable(flag.previous):
+            flag.previous(signal.SIGUSR2, None)  # rank 0: checkpoint() + requeue + sys.exit
+        sys.exit(-1)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on the warning signal (rank 0): resubmit this task, resuming."""

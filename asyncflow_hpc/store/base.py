@@ -137,7 +137,15 @@ class StoreBase:
             except EndOfStream:
                 return
 
-    def _fetch(self, task: str, col_ids: list[int], claim: Claim | str) -> Batch:
+    def peek(self, task: str, columns: Sequence[str]) -> Batch:
+        """Copy of every row `task` has not consumed yet (with `columns` ready), without consuming any.
+
+        For checkpoints: call it only from the task's one consumer (the rows then cannot be recycled
+        while they are read)."""
+        col_ids = self.schema.col_ids(columns)
+        return self._fetch(task, col_ids, self._peek(task, col_ids), release=False)
+
+    def _fetch(self, task: str, col_ids: list[int], claim: Claim | str, release: bool = True) -> Batch:
         if claim == END:
             raise EndOfStream(f"[rank {self.rank}, role {self.label}] task '{task}': every producer is done "
                               f"and no rows are left")
@@ -161,7 +169,8 @@ class StoreBase:
                 if dst[b] > dst[a]:
                     ops.append((u, off, flat[dst[a]:dst[b]]))
         self._read(ops)
-        self._release(task, claim.row_ids)
+        if release:
+            self._release(task, claim.row_ids)
         return Batch(row_ids=claim.row_ids, index=claim.index, group=claim.group, version=claim.version,
                      columns=cols, parts=claim.parts, stale=claim.stale)
 

@@ -24,6 +24,12 @@ class StoreConfig:
                         "activity (a short spin keeps control round trips at tens of microseconds).")
     ctrl_poll_max_s: float = opt(5e-4, "Longest back-off sleep of an idle controller (bounds the first request's latency).")
     local_units: int = opt(2, "Storage units of the in-process twin (transport=local).")
+    progress: Literal["auto", "thread", "none"] = opt(
+        "auto", "Who drives MPI progress on storage ranks while they compute: thread = a sleeping thread that calls "
+        "into MPI every progress_interval_s (needed over TCP, where a Get/Put completes only when its target "
+        "polls); auto = thread when the store spans more than one node; none = rely on the transport (shared "
+        "memory, RDMA hardware).")
+    progress_interval_s: float = opt(1e-3, "Sleep between two progress calls of the progress thread.")
 
     def __post_init__(self) -> None:
         if self.capacity_rows < 1:
@@ -37,6 +43,8 @@ class StoreConfig:
         if self.spin_s < 0 or self.ctrl_poll_max_s < self.poll_min_s:
             raise fail("spin_s", f"need spin_s >= 0 and ctrl_poll_max_s >= poll_min_s, got {self.spin_s}, "
                                  f"{self.ctrl_poll_max_s}")
+        if self.progress_interval_s <= 0:
+            raise fail("progress_interval_s", f"must be > 0, got {self.progress_interval_s}")
         if self.local_units < 1:
             raise fail("local_units", f"must be >= 1, got {self.local_units}")
 

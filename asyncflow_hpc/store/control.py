@@ -286,6 +286,20 @@ class ControlPlane:
                      nbytes=self.loc_nb[s[:, None], ci], count=self.loc_cnt[s[:, None], ci],
                      parts=sel.parts, stale=sel.stale)
 
+    def peek(self, task: str, col_ids: Sequence[int]) -> Claim:
+        """Every stored row `task` has not consumed whose `col_ids` are ready, oldest first, WITHOUT claiming
+        them (checkpoints). Safe to read while only this task's single consumer calls it: rows are
+        recycled only after every task consumed them."""
+        t = self.task(task)
+        bit = np.uint64(1 << t.bit)
+        need = np.uint64(sum(1 << c for c in col_ids))
+        pos = np.nonzero(self.live & ((self.consumed & bit) == 0) & ((self.ready & need) == need))[0]
+        s = pos[np.argsort(self.arrival[pos], kind="stable")]
+        ci = np.asarray(col_ids)
+        return Claim(row_ids=self.row_id[s], index=self.index[s], group=self.group[s], version=self.version[s],
+                     unit=self.loc_unit[s[:, None], ci], offset=self.loc_off[s[:, None], ci],
+                     nbytes=self.loc_nb[s[:, None], ci], count=self.loc_cnt[s[:, None], ci])
+
     def release(self, task: str, row_ids: Sequence[int]) -> None:
         """The task has copied these rows out: once every task has, their slots and bytes are reused."""
         bit = np.uint64(1 << self.task(task).bit)

@@ -57,6 +57,9 @@ class LocalStore(StoreBase):
     def _select(self, task, col_ids, n, policy, args, wait_s=0.0):
         return self._call("select", task, col_ids, n, policy, args)
 
+    def _peek(self, task, col_ids):
+        return self._call("peek", task, col_ids)
+
     def _release(self, task, row_ids):
         self._call("release", task, row_ids)
 

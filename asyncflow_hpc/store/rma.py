@@ -25,7 +25,7 @@ from asyncflow_hpc.store.base import StoreBase
 from asyncflow_hpc.store.config import StoreConfig
 from asyncflow_hpc.store.control import ControlPlane
 from asyncflow_hpc.store.schema import Schema, StoreError
-from asyncflow_hpc.store.windows import DataWindow
+from asyncflow_hpc.store.windows import DataWindow, ProgressThread, spans_nodes
 
 TAG_REQ, TAG_REP = 7301, 7302
 ONEWAY = {"commit", "release", "done"}
@@ -80,6 +80,8 @@ class Service:
                 return self.ctrl.release(*args)
             if op == "stats":
                 return self.ctrl.stats()
+            if op == "peek":
+                return self.ctrl.peek(*args)
             if op == "done":
                 return self.ctrl.mark_done(src)
         raise StoreError(f"unknown store request {op!r}")
@@ -164,6 +166,7 @@ class RMAStore(StoreBase):
         self.service: Service | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._progress: ProgressThread | None = None
 
     @classmethod
     def create(cls, comm: Any, schema: Schema, cfg: StoreConfig, layout: Any = None, role: str | None = None,
@@ -198,8 +201,16 @@ class RMAStore(StoreBase):
                 self._thread = threading.Thread(target=self.service.serve, args=(self._stop.is_set,),
                                                 name="store-controller", daemon=True)
                 self._thread.start()
+        self._start_progress(role)
         self.comm.Barrier()
         return self
+
+    def _start_progress(self, role: str) -> None:
+        """Storage ranks that do not run the controller loop (which polls MPI anyway) get a progress
+        thread when the transport may need target progress (store.progress; docs/multihost.md)."""
+        need = self.cfg.progress == "thread" or (self.cfg.progress == "auto" and spans_nodes(self.comm))
+        if need and self.rank in self.unit_ranks and self.service is None and role != "server":
+            self._progress = ProgressThread(self.comm, self.cfg.progress_interval_s)
 
     # ---- control-plane calls -----------------------------------------------------------------
     def _rpc(self, op: str, *args: Any, wait_s: float = 0.0) -> Any:
@@ -253,6 +264,9 @@ class RMAStore(StoreBase):
 
     def _release(self, task, row_ids):
         self._rpc("release", task, row_ids)
+
+    def _peek(self, task, col_ids):
+        return self._rpc("peek", task, col_ids)
 
     def _stats(self):
         return self._rpc("stats")
@@ -310,6 +324,8 @@ class RMAStore(StoreBase):
         if self._thread is not None:
             self._stop.set()
             self._thread.join(timeout=self.cfg.timeout_s)
+        if self._progress is not None:
+            self._progress.free()
         self._closed = True
         self._epoch.__exit__(None, None, None)
         self.win.free()

@@ -143,7 +143,10 @@ class Comms:
             torch.cuda.set_device(self.device.index)
         elif self.device.kind == "npu":
             torch.npu.set_device(self.device.index)
-        single_node = len(set(self.layout.nodes)) <= 1
+        # Loopback only when every rank really is on this host: a layout planned without node ids
+        # (all zeros) must not send ranks on other hosts to their own 127.0.0.1.
+        hosts = self.world.allgather(socket.gethostname())
+        single_node = len(set(self.layout.nodes)) <= 1 and len(set(hosts)) <= 1
         addr = None
         if self.rank == 0:
             addr = (_rendezvous_host(single_node), _free_port())

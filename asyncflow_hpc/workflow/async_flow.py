@@ -57,6 +57,7 @@ class Ctx:
     P: int  # prompts per step
     n: int  # responses per prompt
     clock: RoleClock = field(default_factory=RoleClock)
+    ckpt: Any = None  # checkpoint.run.Checkpointer (None: no checkpoints)
 
     @property
     def rank(self) -> int:
@@ -212,42 +213,64 @@ def feed_prompts(ctx: Ctx, fed: int, version: int) -> int:
     """Trainer leader: make prompt ids available up to the admission quota of `version`."""
     from asyncflow_hpc.store import RowMeta
 
-    target = min(staleness.admission_quota(version, ctx.cfg.workflow.eta, ctx.P), ctx.total_prompts)
+    # A group that still became too stale (a long tail overtaken by later groups) is discarded by
+    # the store, counted, and replaced by a new prompt, so every step still gets a full batch.
+    replaced = ctx.samples.stats()["tasks"]["train"]["discarded_stale"] // ctx.n
+    target = min(staleness.admission_quota(version, ctx.cfg.workflow.eta, ctx.P), ctx.total_prompts) + replaced
     if target > fed:
         pids = np.arange(fed, target, dtype=np.int64)
         meta = [RowMeta(index=int(p), group=int(p),
                         version=staleness.required_version(int(p), ctx.cfg.workflow.eta, ctx.P)) for p in pids]
         ctx.prompts.put({"prompt_id": pids}, meta)
-    if target == ctx.total_prompts and fed < target:
-        ctx.prompts.mark_done()
-    return max(fed, target)
+    return max(fed, target)  # the feed is closed (mark_done) when the trainer has finished
 
 
-def next_batch(ctx: Ctx, version: int) -> list:
-    """Trainer leader: the step's rows (whole groups, v - version <= eta), broadcast to the trainer group."""
+def next_batch(ctx: Ctx, version: int, fed: int) -> tuple[list, int]:
+    """Trainer leader: the step's rows (whole groups, v - version <= eta), broadcast to the trainer group.
+
+    Waits in short slices: a group discarded as too stale while we wait is replaced by a new prompt
+    between slices, otherwise the batch could never fill. Returns the rows and the new feed position."""
+    from asyncflow_hpc.errors import WaitTimeout
+
     lay = ctx.comms.layout
     rows = None
     if ctx.rank == lay.trainer_leader:
+        deadline = time.monotonic() + ctx.cfg.store.timeout_s
         with ctx.clock.idle("wait_batch"), span(ctx.recorder, "batch_wait", step=version):
-            b = ctx.samples.get("train", list(SAMPLE_COLUMNS), ctx.P * ctx.n, policy="version_bounded",
-                                version=version, eta=ctx.cfg.workflow.eta, then="grpo_group", group_size=ctx.n)
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    b = ctx.samples.get("train", list(SAMPLE_COLUMNS), ctx.P * ctx.n, policy="version_bounded",
+                                        version=version, eta=ctx.cfg.workflow.eta, group_size=ctx.n,
+                                        then="asyncflow_hpc.workflow.policies:oldest_version_groups",
+                                        timeout=max(0.05, min(1.0, left)))
+                    break
+                except WaitTimeout:
+                    if left <= 1.0:
+                        raise
+                    fed = feed_prompts(ctx, fed, version)
         ctx.clock.count("stale_discarded", int(getattr(b, "stale", 0) or 0))
         rows = rows_from_batch(b, ctx.n)
     if len(lay.trainer_ranks) > 1:
         rows = ctx.comms.role_comm.bcast(rows, root=0)
-    return rows
+    return rows, fed
 
 
-def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any) -> list[dict]:
+def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any, start: int = 0) -> list[dict]:
     """Consume each step's batch, train, and send the new weights in the background."""
+    from asyncflow_hpc.checkpoint import schedule as rs
+
     cfg, lay = ctx.cfg, ctx.comms.layout
     lead = ctx.rank == lay.trainer_leader
-    history, fed = [], 0
+    sched = rs.Schedule.restore(ctx) if ctx.ckpt is not None and ctx.ckpt.resuming else rs.Schedule()
+    history = ctx.ckpt.history() if ctx.ckpt is not None and ctx.ckpt.resuming else []
+    fed = sched.fed
     t_run = time.perf_counter()
-    for v in range(cfg.workflow.steps):
+    for v in range(start, cfg.workflow.steps):
         if lead:
             fed = feed_prompts(ctx, fed, v)
-        rows = next_batch(ctx, v)
+        rows, fed = next_batch(ctx, v, fed)
+        sched.consumed(rows, fed)
         stale = [v - r.version for r in rows]
         if any(not staleness.is_fresh(v, r.version, cfg.workflow.eta) for r in rows):
             raise RuntimeError(f"trainer step {v} got a row outside the staleness bound eta={cfg.workflow.eta}: "
@@ -279,13 +302,15 @@ def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any) -> list[dict]:
                             stale=f"{metrics['staleness_mean']:.2f}",
                             sps=f"{ctx.clock.counts.get('rows', 0) / max(el, 1e-9):.1f}")
             bar.update(1)
+        if ctx.ckpt is not None and rs.checkpoint_step(ctx, trainer, sched, v + 1, history, fed):
+            break
     return history
 
 
 # ---------------------------------------------------------------------------------------------
 # the whole job on one rank
 # ---------------------------------------------------------------------------------------------
-def run_async(cfg: Any, comms: Any, recorder: Any = None) -> dict:
+def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> dict:
     import torch
 
     from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, sampling_params
@@ -298,23 +323,30 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None) -> dict:
     ctx = Ctx(cfg=cfg, comms=comms, task=task, prompts=None, samples=None, recorder=recorder,
               P=cfg.data.prompts_per_step, n=cfg.rollout.n)
     ctx.prompts, ctx.samples = open_stores(cfg, comms)
+    ctx.ckpt = ckpt
+    resumed = ckpt is not None and ckpt.resuming
+    start = ckpt.start if resumed else 0
     is_trainer, is_rollout = lay.has(rank, Role.TRAINER), lay.has(rank, Role.ROLLOUT)
     trainer = sender = receiver = None
     if is_trainer:
         trainer = make_trainer(cfg, task.model, pad_id=task.tokenizer.pad_id, group=comms.trainer_group,
                                device=comms.device.torch_device)
         trainer.broadcast_parameters()
-        if cfg.trainer.sft_warmup_steps:
+        if resumed:  # weights, optimizer, version and RNG of the checkpoint (every trainer rank reads it)
+            from asyncflow_hpc.checkpoint.state import load_into
+
+            load_into(ckpt.path, trainer)
+        elif cfg.trainer.sft_warmup_steps:
             _warmup(cfg, _TrainerView(comms), trainer, task, recorder)
     engine = make_rollout(cfg, task.model, comms.device.torch_device, seed=cfg.run.seed)
     engine, trainer = maybe_emulate(cfg, engine, trainer, dp=lay.trainer_dp)
     sender, receiver = _weight_endpoints(cfg, comms, task.model)
-    # Version 0 (after any warm-up) goes to every rollout rank before anything is generated.
+    # Version `start` (0 after any warm-up, or the checkpoint's) reaches every rollout rank first.
     if sender is not None:
-        sender.send(trainer.named_parameters_for_broadcast(), 0)
+        sender.send(trainer.named_parameters_for_broadcast(), start)
     if receiver is not None:
         receiver.start()
-        receiver.wait_staged(0)
+        receiver.wait_staged(start)
         receiver.swap(engine.load_weights)
     params = sampling_params(cfg.rollout, task.tokenizer.eos_id)
     greedy = sampling_params(cfg.rollout, task.tokenizer.eos_id, greedy=True)
@@ -326,10 +358,12 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None) -> dict:
     comms.world.Barrier()
     t_loop = time.perf_counter()
     if is_trainer:
-        bar = _progress(cfg, rank == lay.trainer_leader)
+        bar = _progress(cfg, rank == lay.trainer_leader, start)
         if bar is not None:
             bar.set_description("grpo async" if cfg.algorithm.name == "grpo" else "ppo async")
-        out["history"] = trainer_loop(ctx, trainer, sender, bar)
+        out["history"] = trainer_loop(ctx, trainer, sender, bar, start)
+        if rank == lay.trainer_leader:
+            ctx.prompts.mark_done()  # rollout ranks see EndOfStream once they drained the prompt queue
         if bar is not None:
             bar.close()
         out["version"] = trainer.version
@@ -341,11 +375,13 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None) -> dict:
         pass  # a dedicated store rank serves the control plane inside close() until every rank is done
     loop_s = time.perf_counter() - t_loop
     _final_weights(cfg, sender, receiver, engine, trainer)
+    # Every rank learns whether the run stopped early on a checkpoint (then no final evaluation/save).
+    stopped = bool(comms.world.bcast(bool(ckpt is not None and ckpt.stopped), root=lay.trainer_leader))
     out["clock"] = ctx.clock.summary(loop_s)
     out["store"] = ctx.samples.stats() if rank == lay.trainer_leader else None
     ctx.samples.close()
     ctx.prompts.close()
-    if cfg.data.eval_size:
+    if cfg.data.eval_size and not stopped:
         out["eval_end"] = evaluate(cfg, comms, engine, task, greedy)
         if rank == 0:
             _print_eval("end", out["eval_end"])
@@ -356,7 +392,7 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None) -> dict:
 
         out["summary"] = aggregate(out["per_rank"], loop_s)
         report_async(cfg, out, loop_s)
-    if rank == lay.trainer_leader:
+    if rank == lay.trainer_leader and not stopped:
         _save(cfg, _TrainerView(comms), task)
     out["wall_s"] = time.perf_counter() - t0
     out["loop_s"] = loop_s
@@ -386,19 +422,17 @@ def _weight_endpoints(cfg: Any, comms: Any, model: Any) -> tuple[Any, Any]:
 
 def _final_weights(cfg: Any, sender: Any, receiver: Any, engine: Any, trainer: Any) -> None:
     """The last version reaches every rollout rank (for the final evaluation), then the sync closes."""
-    steps = cfg.workflow.steps
     if sender is not None:
-        sender.close()  # waits for the last send (version `steps`), then tells receivers to stop
+        sender.close()  # waits for the last send (the last version trained), then tells receivers to stop
     if receiver is not None:
-        if steps > 0:
-            receiver.wait_staged(steps)
-            if receiver.poll() is not None:
-                receiver.swap(engine.load_weights)
-        # The thread ends by itself on the sender's STOP header; stopping it earlier would leave
+        # The thread ends by itself on the sender's STOP header, after staging the last version
+        # (`workflow.steps`, or the step a checkpoint stopped at); stopping it earlier would leave
         # the trainer leader's STOP broadcast without this rank.
         deadline = time.monotonic() + cfg.weights.timeout_s
         while receiver.running and time.monotonic() < deadline:
             time.sleep(0.01)
+        if receiver.poll() is not None:
+            receiver.swap(engine.load_weights)
         receiver.close()
 
 

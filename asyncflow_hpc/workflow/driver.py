@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from asyncflow_hpc.env import JobEnv
@@ -36,45 +37,79 @@ def run_rank(cfg, env: JobEnv) -> int:
     if world.rank == 0:
         print(f"asyncflow-hpc: {layout.describe()} device={comms.device.kind}/{comms.device.backend} "
               f"job={cfg.workflow.job} mode={cfg.workflow.mode} (setup {time.perf_counter() - t0:.1f}s)", flush=True)
+    from asyncflow_hpc.launch.monitor import Heartbeat
+
+    hb = Heartbeat.current
+    if hb is not None:
+        hb.set_role("+".join(str(r) for r in layout.roles[world.rank]))
+        hb.activity("setup")
     try:
         if cfg.workflow.job == "smoke":
             from asyncflow_hpc.workflow.smoke import run_smoke
 
             run_smoke(cfg, env, comms)
             return 0
-        recorder, trace_path = _start_trace(cfg, env, comms)
-        if cfg.workflow.mode == "sync":
-            from asyncflow_hpc.workflow.sync import run_sync
-
-            out = run_sync(cfg, comms, recorder=recorder)
-        else:
-            from asyncflow_hpc.workflow.async_flow import run_async
-
-            out = run_async(cfg, comms, recorder=recorder)
-        if recorder is not None:
-            from asyncflow_hpc.trace.session import finish_trace
-
-            finish_trace(recorder, world, trace_path, keep_rank_files=cfg.trace.keep_rank_files,
-                                  timeout_s=cfg.trace.timeout_s)
-        if world.rank == layout.trainer_leader:  # the rank that holds the per-step history
-            write_result(cfg, out, trace_path if recorder is not None else None)
+        return _run_train(cfg, env, comms, hb)
     finally:
         comms.close()
+
+
+def _run_train(cfg, env: JobEnv, comms: Comms, hb) -> int:
+    """Resolve the checkpoint to resume from, run the workflow, merge the trace, write result.json."""
+    from asyncflow_hpc.checkpoint.run import Checkpointer, already_complete
+
+    world, layout = comms.world, comms.layout
+    if already_complete(cfg):
+        if world.rank == 0:
+            print(f"asyncflow-hpc: run {cfg.run.name} already completed {cfg.workflow.steps} steps "
+                  f"({cfg.run.resolved_dir}/result.json); nothing to resume", flush=True)
+        return 0
+    ck = Checkpointer(cfg)
+    recorder, trace_path = _start_trace(cfg, env, comms, segment=ck.start if ck.resuming else None)
+    if trace_path:
+        ck.trace_segments.append(os.path.abspath(trace_path))
+    rec = recorder
+    if hb is not None:
+        from asyncflow_hpc.launch.monitor import ActivityRecorder
+        from asyncflow_hpc.trace.recorder import NullRecorder
+
+        rec = ActivityRecorder(recorder if recorder is not None else NullRecorder(rank=world.rank), hb)
+    if cfg.workflow.mode == "sync":
+        from asyncflow_hpc.workflow.sync import run_sync
+
+        out = run_sync(cfg, comms, recorder=rec, ckpt=ck)
+    else:
+        from asyncflow_hpc.workflow.async_flow import run_async
+
+        out = run_async(cfg, comms, recorder=rec, ckpt=ck)
+    if hb is not None:
+        hb.activity("trace merge")
+    if recorder is not None:
+        from asyncflow_hpc.trace.session import finish_trace
+
+        finish_trace(recorder, world, trace_path, keep_rank_files=cfg.trace.keep_rank_files,
+                     timeout_s=cfg.trace.timeout_s)
+    if world.rank == layout.trainer_leader:  # the rank that holds the per-step history
+        out["checkpoints"] = ck.summary()
+        write_result(cfg, out, trace_path if recorder is not None else None)
     return 0
 
 
-def trace_path_of(cfg) -> str:
-    import os
+def trace_path_of(cfg, segment: int | None = None) -> str:
+    """The merged trace; a resumed run writes a new segment beside it: trace.resume-step-000002.h5."""
+    path = cfg.trace.path or os.path.join(cfg.run.resolved_dir, "trace.h5")
+    if segment is None:
+        return path
+    base, ext = os.path.splitext(path)
+    return f"{base}.resume-step-{segment:06d}{ext or '.h5'}"
 
-    return cfg.trace.path or os.path.join(cfg.run.resolved_dir, "trace.h5")
 
-
-def _start_trace(cfg, env: JobEnv, comms: Comms):
+def _start_trace(cfg, env: JobEnv, comms: Comms, segment: int | None = None):
     if not cfg.trace.enabled:
         return None, None
     from asyncflow_hpc.trace.session import start_trace
 
-    path = trace_path_of(cfg)
+    path = trace_path_of(cfg, segment)
     role = "+".join(str(r) for r in comms.layout.roles[comms.rank])
     rec = start_trace(cfg.trace, comms.world, final_path=path, role=role, config=cfg.to_dict(),
                       topology=comms.layout.describe(), job_id=env.job_id, hostname=env.hostname,
@@ -87,9 +122,12 @@ def write_result(cfg, out: dict, trace: str | None) -> str:
     import json
     import os
 
-    keep = {k: out[k] for k in ("history", "eval_start", "eval_end", "wall_s", "loop_s", "version", "summary")
-            if k in out}
+    keep = {k: out[k] for k in ("history", "eval_start", "eval_end", "wall_s", "loop_s", "version", "summary",
+                                "checkpoints") if k in out}
     keep["mode"], keep["trace"] = cfg.workflow.mode, trace
+    keep["completed_steps"] = len(out.get("history", []))
+    keep["stopped"] = bool(out.get("checkpoints", {}).get("stopped", False))
+    keep["trace_segments"] = out.get("checkpoints", {}).get("trace_segments", [trace] if trace else [])
     path = os.path.join(cfg.run.resolved_dir, "result.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"

@@ -40,7 +40,7 @@ def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) 
     return {"accuracy": correct / max(count, 1), "mean_reward": total / max(count, 1), "count": count}
 
 
-def run_sync(cfg: Any, comms: Any, recorder: Any = None) -> dict:
+def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> dict:
     import torch
 
     from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, sampling_params
@@ -57,19 +57,26 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None) -> dict:
     rollout, trainer = maybe_emulate(cfg, rollout, trainer, dp=comms.layout.trainer_dp)
     sample_params = sampling_params(cfg.rollout, tok.eos_id)
     greedy = sampling_params(cfg.rollout, tok.eos_id, greedy=True)
-    _warmup(cfg, comms, trainer, task, recorder)
+    resumed = ckpt is not None and ckpt.resuming
+    if resumed:  # every rank reads the same checkpoint: weights, optimizer, version, RNG (no warm-up again)
+        from asyncflow_hpc.checkpoint.state import load_into
+
+        load_into(ckpt.path, trainer)
+    else:
+        _warmup(cfg, comms, trainer, task, recorder)
     _sync_rollout_weights(cfg, trainer, rollout)
-    out: dict[str, Any] = {"history": []}
+    out: dict[str, Any] = {"history": ckpt.history() if resumed else []}
+    start = ckpt.start if resumed else 0
     if cfg.data.eval_size:
         with _span(recorder, "evaluate", step=-1):
             out["eval_start"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
             _print_eval("start", out["eval_start"])
-    bar = _progress(cfg, lead)
+    bar = _progress(cfg, lead, start)
     clock = RoleClock()
     comms.world.Barrier()
     t_loop = time.perf_counter()
-    for step in range(cfg.workflow.steps):
+    for step in range(start, cfg.workflow.steps):
         metrics = _one_step(cfg, comms, trainer, rollout, task, sample_params, step, recorder, clock)
         out["history"].append(metrics)
         if lead:
@@ -81,21 +88,43 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None) -> dict:
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:+.4f}",
                             len=f"{metrics['response_len']:.1f}")
             bar.update(1)
+        if ckpt is not None and _checkpoint_step(cfg, comms, ckpt, trainer, task, step + 1, out["history"]):
+            break
     if bar is not None:
         bar.close()
+    stopped = ckpt is not None and ckpt.stopped
     out["loop_s"] = loop_s = time.perf_counter() - t_loop
     per_rank = comms.world.gather(clock.summary(loop_s), root=0)
     if lead:
         out["summary"] = sync_summary(per_rank, loop_s, cfg.workflow.steps * cfg.data.prompts_per_step * cfg.rollout.n)
-    if cfg.data.eval_size:
+    if cfg.data.eval_size and not stopped:
         with _span(recorder, "evaluate", step=cfg.workflow.steps):
             out["eval_end"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
             _print_eval("end", out["eval_end"])
-    _save(cfg, comms, task)
+    if not stopped:
+        _save(cfg, comms, task)
     out["wall_s"] = time.perf_counter() - t0
     out["version"] = trainer.version
     return out
+
+
+def _checkpoint_step(cfg, comms, ckpt, trainer, task, done: int, history: list) -> bool:
+    """Step boundary: the ranks agree on a stop (any rank got the warning signal); rank 0 writes. True = stop."""
+    stop = comms.world.allreduce(int(ckpt.stop_requested(done))) > 0
+    why = ckpt.due(done, stop=stop)
+    if why is None:
+        return False
+    if comms.rank == 0:
+        ckpt.save(done, why, trainer=trainer, tokenizer=task.tokenizer, history=history)
+    if why == "stop":
+        comms.world.Barrier()  # nobody leaves before the checkpoint is published
+        ckpt.stopped = True
+        if comms.rank == 0:
+            print(f"asyncflow-hpc: stopped after step {done} ({ckpt.flag.reason or 'checkpoint.stop_after_steps'}); "
+                  f"continue with resume=auto", flush=True)
+        return True
+    return False
 
 
 def sync_summary(per_rank: list[dict], wall_s: float, rows: int) -> dict:
@@ -158,12 +187,12 @@ def _print_eval(when: str, ev: dict) -> None:
           f"{ev['count']} prompts, greedy)", flush=True)
 
 
-def _progress(cfg, lead: bool):
+def _progress(cfg, lead: bool, start: int = 0):
     if not lead:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.workflow.steps, desc="grpo sync" if cfg.algorithm.name == "grpo" else "ppo sync",
+    return tqdm(total=cfg.workflow.steps, initial=start, desc="grpo sync" if cfg.algorithm.name == "grpo" else "ppo sync",
                 unit="step", dynamic_ncols=True, mininterval=0.5)
 
 

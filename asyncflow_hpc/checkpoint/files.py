@@ -1,0 +1,143 @@
+"""Checkpoint directories on disk (no torch): atomic publish, newest lookup, keep-last-K, resume resolution.
+
+    with staged_dir(root, step) as tmp:    # write into tmp; on success it is fsynced and renamed to step-NNNNNN
+        ...
+    latest(root)                           # newest complete checkpoint directory, or None
+    resolve_resume("auto", root)           # "" -> None; "auto" -> latest or None; a path -> that checkpoint
+
+A checkpoint is complete when its directory has the final name (`step-NNNNNN`) and holds
+`meta.json`: both are only ever produced by the rename at the end of `staged_dir`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from typing import Any, Iterator
+
+from asyncflow_hpc.errors import AsyncFlowError
+
+META = "meta.json"
+_NAME = re.compile(r"^step-(\d{6,})$")
+
+
+class CheckpointError(AsyncFlowError):
+    """A checkpoint could not be written, found or read; the message names the path."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str) -> None:
+    """fsync every file below `path`, then the directories (so the rename publishes durable bytes)."""
+    for base, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(base, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(base)
+
+
+@contextlib.contextmanager
+def staged_dir(root: str, step: int) -> Iterator[str]:
+    """Yield a temporary directory beside the final one; publish it by rename only if the body succeeds."""
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, step_dir_name(step))
+    tmp = os.path.join(root, f".tmp-{step_dir_name(step)}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if not os.path.exists(os.path.join(tmp, META)):
+            raise CheckpointError(f"{tmp}: internal: a checkpoint must write {META} last")
+        fsync_tree(tmp)
+        if os.path.exists(final):  # the same step written again (e.g. at the end after a periodic one)
+            old = final + f".old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def list_checkpoints(root: str) -> list[tuple[int, str]]:
+    """Complete checkpoints under `root`, oldest first: [(step, path)]."""
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for name in os.listdir(root):
+        m = _NAME.match(name)
+        path = os.path.join(root, name)
+        if m and os.path.isfile(os.path.join(path, META)):
+            out.append((int(m.group(1)), path))
+    return sorted(out)
+
+
+def latest(root: str) -> str | None:
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def prune(root: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` checkpoints (and stale temporary directories); returns what went."""
+    gone = []
+    for _step, path in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+        gone.append(path)
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.startswith(".tmp-step-") and not name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return gone
+
+
+def resolve_resume(resume: str, root: str) -> str | None:
+    """The checkpoint directory to resume from: '' -> None; 'auto' -> newest in root (None if none); else a path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return latest(root)
+    path = resume
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, META)):
+        inner = latest(path)  # a checkpoints folder: its newest checkpoint
+        if inner:
+            return inner
+    if not os.path.isfile(os.path.join(path, META)):
+        raise CheckpointError(f"resume={resume!r}: no complete checkpoint there (expected {path}/{META}, or a "
+                              f"folder of step-NNNNNN checkpoints); use resume=auto to continue from {root}")
+    return path
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(path, META), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}/{META}: cannot read checkpoint metadata: {exc}") from None
+    if not isinstance(meta, dict) or "step" not in meta:
+        raise CheckpointError(f"{path}/{META}: not an asyncflow_hpc checkpoint (no 'step')")
+    return meta
+
+
+def write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, default=float)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,141 @@
+"""What a checkpoint holds, written and read: HF model (safetensors), optimizer, RNG, rows in flight, metadata.
+
+    path, info = write_checkpoint(root, step, trainer=t, tokenizer=tok, meta={...}, rows=rows, keep=2)
+    meta = load_into(path, trainer)          # model + optimizer (+ reference model) + version; RNG restored
+    rows = load_rows(path)                   # engines.base.Row list (store rows not yet trained on)
+
+Layout of `<root>/step-NNNNNN/` (published by one rename, see files.py):
+    config.json, model.safetensors, tokenizer files   a Hugging Face model directory (load_pretrained reads it)
+    optimizer.pt, reference.safetensors (if KL)      optimizer state; the frozen reference policy
+    rng.pt                                           torch / numpy / python RNG states of the writing rank
+    rows.npz                                         rows generated but not yet consumed by the train task
+    meta.json                                        step, schedule position, history, trace segments (last)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+
+from asyncflow_hpc.checkpoint.files import CheckpointError, META, prune, read_meta, staged_dir, write_json
+
+ROW_VARS = ("prompt_ids", "response_ids", "behav_logprobs")
+
+
+def _engine(trainer: Any) -> Any:
+    """The torch engine behind wrappers (emulation)."""
+    while hasattr(trainer, "inner") and not hasattr(trainer, "optimizer"):
+        trainer = trainer.inner
+    return trainer
+
+
+def capture_rng() -> dict[str, Any]:
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_rows(path: str, rows: list) -> None:
+    """Rows (engines.base.Row) as packed arrays: variable-length columns are values + offsets."""
+    arrays: dict[str, np.ndarray] = {
+        "prompt_id": np.asarray([r.prompt_id for r in rows], dtype=np.int64),
+        "sample_index": np.asarray([r.sample_index for r in rows], dtype=np.int64),
+        "version": np.asarray([r.version for r in rows], dtype=np.int64),
+        "reward": np.asarray([r.reward for r in rows], dtype=np.float64),
+        "finished": np.asarray([bool(r.extra.get("finished", False)) for r in rows], dtype=np.int8)}
+    for name in ROW_VARS:
+        dt = np.float32 if name == "behav_logprobs" else np.int32
+        vals = [np.asarray(getattr(r, name), dtype=dt) for r in rows]
+        arrays[name] = np.concatenate(vals) if vals else np.zeros(0, dtype=dt)
+        arrays[name + "_offsets"] = np.concatenate(([0], np.cumsum([len(v) for v in vals]))).astype(np.int64)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_rows(ckpt: str) -> list:
+    from asyncflow_hpc.engines.base import Row
+
+    path = os.path.join(ckpt, "rows.npz")
+    if not os.path.exists(path):
+        return []
+    try:
+        z = np.load(path)
+        n = len(z["prompt_id"])
+        cols = {name: (z[name], z[name + "_offsets"]) for name in ROW_VARS}
+        rows = []
+        for i in range(n):
+            var = {k: v[o[i]:o[i + 1]].tolist() for k, (v, o) in cols.items()}
+            rows.append(Row(prompt_id=int(z["prompt_id"][i]), sample_index=int(z["sample_index"][i]),
+                            version=int(z["version"][i]), reward=float(z["reward"][i]),
+                            extra={"finished": bool(z["finished"][i])}, **var))
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's rows: {exc}") from None
+    return rows
+
+
+def write_checkpoint(root: str, step: int, *, trainer: Any, tokenizer: Any, meta: dict[str, Any],
+                     rows: list | None = None, keep: int = 2) -> tuple[str, dict[str, Any]]:
+    """Write everything into a temporary directory, fsync, rename to step-NNNNNN, prune to `keep`."""
+    import torch
+
+    t0 = time.perf_counter()
+    eng = _engine(trainer)
+    with staged_dir(root, step) as tmp:
+        eng.model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None and hasattr(tokenizer, "save"):
+            tokenizer.save(tmp)
+        torch.save(eng.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        if getattr(eng, "ref_model", None) is not None:
+            from safetensors.torch import save_model
+
+            save_model(eng.ref_model, os.path.join(tmp, "reference.safetensors"))
+        torch.save(capture_rng(), os.path.join(tmp, "rng.pt"))
+        save_rows(os.path.join(tmp, "rows.npz"), list(rows or []))
+        size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+        info = {"bytes": size, "rows": len(rows or []), "written_unix": time.time()}
+        write_json(os.path.join(tmp, META), {**meta, "step": int(step), "version": int(eng.version), **info})
+    path = os.path.join(root, f"step-{step:06d}")
+    prune(root, keep)
+    info["seconds"] = time.perf_counter() - t0
+    return path, info
+
+
+def load_into(path: str, trainer: Any, *, rng: bool = True) -> dict[str, Any]:
+    """Restore trainer weights, optimizer, reference policy and version (and this rank's RNG) from `path`."""
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    meta = read_meta(path)
+    eng = _engine(trainer)
+    weights = os.path.join(path, "model.safetensors")
+    try:
+        state = load_file(weights, device=str(next(eng.model.parameters()).device))
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: cannot read the model weights: {exc}") from None
+    missing, unexpected = eng.model.load_state_dict(state, strict=False)
+    tied = set(getattr(eng.model, "_tied_weights_keys", None) or []) | {"lm_head.weight"}
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(f"{weights}: does not fit the configured model (missing {sorted(missing)[:4]}, "
+                              f"unexpected {sorted(unexpected)[:4]}); resume with the same model.* settings")
+    if hasattr(eng.model, "tie_weights"):
+        eng.model.tie_weights()
+    eng.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=False))
+    ref = os.path.join(path, "reference.safetensors")
+    if getattr(eng, "ref_model", None) is not None and os.path.exists(ref):
+        load_model(eng.ref_model, ref)
+    eng.version = int(meta["version"])
+    if rng:
+        restore_rng(torch.load(os.path.join(path, "rng.pt"), weights_only=False))
+    return meta
