@@ -359,8 +359,6 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     t_loop = time.perf_counter()
     if is_trainer:
         bar = _progress(cfg, rank == lay.trainer_leader, start)
-        if bar is not None:
-            bar.set_description("grpo async" if cfg.algorithm.name == "grpo" else "ppo async")
         out["history"] = trainer_loop(ctx, trainer, sender, bar, start)
         if rank == lay.trainer_leader:
             ctx.prompts.mark_done()  # rollout ranks see EndOfStream once they drained the prompt queue

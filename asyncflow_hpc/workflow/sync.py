@@ -192,7 +192,7 @@ def _progress(cfg, lead: bool, start: int = 0):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.workflow.steps, initial=start, desc="grpo sync" if cfg.algorithm.name == "grpo" else "ppo sync",
+    return tqdm(total=cfg.workflow.steps, initial=start, desc=f"{cfg.algorithm.name} {cfg.workflow.mode}",
                 unit="step", dynamic_ncols=True, mininterval=0.5)
 
 
