@@ -13,11 +13,13 @@ WORKER = "tests/mpi/workers/weights_worker.py"
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[tuple[str, int], dict]:
+def results(tmp_path_factory) -> dict[tuple[str, int], dict]:
     """One mpiexec run for all scenarios (each on its own torch.distributed group): saves startup time."""
-    proc = run_mpi(3, [WORKER], timeout=150)
+    res_dir = tmp_path_factory.mktemp("weights")
+    run_mpi(3, [WORKER], timeout=150, env={"WEIGHTS_RESULTS": str(res_dir)})
     out = {}
-    for line in proc.stdout.splitlines():
+    lines = [ln for f in sorted(res_dir.glob("rank-*.txt")) for ln in f.read_text().splitlines()]
+    for line in lines:
         if line.startswith("RESULT "):
             r = json.loads(line[len("RESULT "):])
             out[(r["scenario"], r["rank"])] = r

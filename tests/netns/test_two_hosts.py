@@ -91,7 +91,10 @@ def test_async_grpo_across_hosts(netns_hosts, tmp_path):
     assert stale.min() >= 0 and stale.max() <= 1, sorted(set(stale.tolist()))  # eta = 1
     assert len(set(s["row"].tolist())) == len(s), "a row was consumed twice"
     counts = collections.Counter(s["prompt_id"].tolist())
-    assert set(counts.values()) == {n} and sorted(counts) == list(range(steps * prompts))
+    assert set(counts.values()) == {n} and len(counts) == steps * prompts
+    # a group discarded as too stale is replaced by a prompt id past the schedule (counted)
+    missing = set(range(steps * prompts)) - set(counts)
+    assert len(missing) == len({p for p in counts if p >= steps * prompts}), missing
     sp = tr.spans
     names = [x.decode() if isinstance(x, bytes) else x for x in sp["name"].tolist()]
     swaps = {r for r, nm in zip(sp["rank"].tolist(), names) if nm == "weight_swap"}

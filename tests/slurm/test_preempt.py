@@ -42,6 +42,9 @@ def test_sbatch_job_preempted_mid_run_resumes_and_loses_nothing(local_slurm, job
         raise AssertionError("the job never got to step 5:\n" + open(out).read())
     local_slurm.run("scancel", "--signal=USR2", "--batch", job_id)  # what --signal=B:USR2@S sends
     local_slurm.wait(job_id, timeout=120, until=("PENDING",))
+    # Releasing the hold in the same second as the requeue races slurmd's revocation of the old
+    # job credential ("Killing non-startable batch job: Job credential revoked"): let it pass first.
+    time.sleep(3)
     deadline = time.monotonic() + 60
     while local_slurm.state(job_id) == "PENDING" and time.monotonic() < deadline:
         local_slurm.run("scontrol", "update", f"jobid={job_id}", "StartTime=now", check=False)  # skip the hold

@@ -183,6 +183,9 @@ def test_sbatch_warning_signal_reaches_ranks_and_requeues(local_slurm, job_dir):
     local_slurm.run("scancel", "--signal=USR2", "--batch", job_id)
     # Slurm holds a requeued batch job for ~2 minutes (BeginTime); release it now.
     local_slurm.wait(job_id, timeout=60, until=("PENDING",))
+    # Releasing the hold in the same second as the requeue races slurmd's revocation of the old
+    # job credential ("Killing non-startable batch job: Job credential revoked"): let it pass first.
+    time.sleep(3)
     deadline = time.monotonic() + 60
     while local_slurm.state(job_id) == "PENDING" and time.monotonic() < deadline:
         # Repeated: an update while the requeue is still completing is overwritten by the hold.

@@ -7,6 +7,7 @@ Each scenario runs on its own torch.distributed group, so a scenario that leaves
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -44,7 +45,15 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def emit(rank: int, scenario: str, **data) -> None:
-    print("RESULT " + json.dumps({"rank": rank, "scenario": scenario, **data}), flush=True)
+    """One result line. With WEIGHTS_RESULTS set, into this rank's own file: lines that several ranks
+    print at once can interleave in mpiexec's merged stdout."""
+    line = "RESULT " + json.dumps({"rank": rank, "scenario": scenario, **data})
+    out_dir = os.environ.get("WEIGHTS_RESULTS")
+    if out_dir:
+        with open(os.path.join(out_dir, f"rank-{rank}.txt"), "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    else:
+        print(line, flush=True)
 
 
 def busy(n: int = 1) -> None:
