@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import os
 import types
-import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from asyncflow_hpc.errors import ConfigError
@@ -220,4 +219,4 @@ def help_lines(cls: type, prefix: str = "") -> list[str]:
 
 
 __all__ = ["opt", "section", "build", "fail", "Source", "set_dotted", "parse_override", "load_yaml",
-           "to_dict", "help_lines", "typing"]
+           "to_dict", "help_lines"]

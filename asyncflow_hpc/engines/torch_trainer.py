@@ -71,7 +71,6 @@ class TorchTrainerEngine(TrainerEngine):
 
     # --- one RL step ---------------------------------------------------------------------------
     def train_step(self, rows: list[Row]) -> dict[str, float]:
-        import torch
 
         rows = sorted_rows(rows)
         if not rows:

@@ -125,12 +125,12 @@ def build_trainer(cfg: Any) -> Any:
 
     from asyncflow_hpc.engines.factory import make_trainer
     from asyncflow_hpc.workflow import common
+    from asyncflow_hpc.workflow.stages import sft_warmup
 
     torch.set_num_threads(cfg.device.threads_per_rank)  # intra-op threads change float reduction order
     task = common.build_task(cfg, "cpu")
     trainer = make_trainer(cfg, task.model, pad_id=task.tokenizer.pad_id, group=None, device="cpu")
-    for s in range(cfg.trainer.sft_warmup_steps):  # as workflow.sync._warmup
-        trainer.sft_step(common.sft_pairs(task, s, cfg.trainer.sft_batch, cfg.run.seed, cfg.trainer.sft_targets))
+    sft_warmup(cfg, trainer, task)  # the same warm-up as the recorded run
     return trainer
 
 

@@ -314,7 +314,8 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     import torch
 
     from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, sampling_params
-    from asyncflow_hpc.workflow.sync import _print_eval, _progress, _save, _warmup, evaluate
+    from asyncflow_hpc.workflow.metrics import print_eval
+    from asyncflow_hpc.workflow.stages import evaluate, progress_bar, save_policy, sft_warmup
 
     torch.set_num_threads(cfg.device.threads_per_rank)
     t0 = time.perf_counter()
@@ -337,7 +338,7 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
 
             load_into(ckpt.path, trainer)
         elif cfg.trainer.sft_warmup_steps:
-            _warmup(cfg, _TrainerView(comms), trainer, task, recorder)
+            sft_warmup(cfg, trainer, task, recorder, lead=rank == lay.trainer_leader)
     engine = make_rollout(cfg, task.model, comms.device.torch_device, seed=cfg.run.seed)
     engine, trainer = maybe_emulate(cfg, engine, trainer, dp=lay.trainer_dp)
     sender, receiver = _weight_endpoints(cfg, comms, task.model)
@@ -354,11 +355,11 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     if cfg.data.eval_size:
         out["eval_start"] = evaluate(cfg, comms, engine, task, greedy)
         if rank == 0:
-            _print_eval("start", out["eval_start"])
+            print_eval("start", out["eval_start"])
     comms.world.Barrier()
     t_loop = time.perf_counter()
     if is_trainer:
-        bar = _progress(cfg, rank == lay.trainer_leader, start)
+        bar = progress_bar(cfg, rank == lay.trainer_leader, start)
         out["history"] = trainer_loop(ctx, trainer, sender, bar, start)
         if rank == lay.trainer_leader:
             ctx.prompts.mark_done()  # rollout ranks see EndOfStream once they drained the prompt queue
@@ -382,7 +383,7 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     if cfg.data.eval_size and not stopped:
         out["eval_end"] = evaluate(cfg, comms, engine, task, greedy)
         if rank == 0:
-            _print_eval("end", out["eval_end"])
+            print_eval("end", out["eval_end"])
     lead = lay.trainer_leader
     out["per_rank"] = comms.world.gather((rank, str(lay.role_of(rank)), out["clock"]), root=lead)
     if rank == lead:
@@ -391,17 +392,10 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
         out["summary"] = aggregate(out["per_rank"], loop_s)
         report_async(cfg, out, loop_s)
     if rank == lay.trainer_leader and not stopped:
-        _save(cfg, _TrainerView(comms), task)
+        save_policy(cfg, task, lead=True)
     out["wall_s"] = time.perf_counter() - t0
     out["loop_s"] = loop_s
     return out
-
-
-class _TrainerView:
-    """The sync warm-up prints on world rank 0; in async mode that is the trainer leader's job."""
-
-    def __init__(self, comms: Any):
-        self.rank = 0 if comms.rank == comms.layout.trainer_leader else 1
 
 
 def _weight_endpoints(cfg: Any, comms: Any, model: Any) -> tuple[Any, Any]:

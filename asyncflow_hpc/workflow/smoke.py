@@ -6,52 +6,32 @@ import numpy as np
 
 from asyncflow_hpc.env import JobEnv
 from asyncflow_hpc.errors import RankError
-from asyncflow_hpc.topology.comms import Comms, mpi
-
-
-class _Window:
-    """A byte window on every rank of `comm` (Win.Allocate), freed explicitly."""
-
-    def __init__(self, comm, nbytes: int):
-        MPI = mpi()
-        self.win = MPI.Win.Allocate(nbytes, disp_unit=1, comm=comm)
-        self.buf = np.frombuffer(self.win.tomemory(), dtype=np.uint8, count=nbytes)
-
-    def free(self) -> None:
-        if self.win is not None:
-            self.win.Free()
-            self.win = None
+from asyncflow_hpc.topology.comms import Comms
 
 
 def rma_round_trip(comm, nbytes: int = 1 << 16) -> None:
     """Each rank Puts a pattern into the next rank's window, then Gets it back and checks it."""
-    MPI = mpi()
+    from asyncflow_hpc.store.windows import DataWindow
+
     rank, size = comm.Get_rank(), comm.Get_size()
     peer = (rank + 1) % size
-    win = _Window(comm, nbytes)
+    win = DataWindow(comm, nbytes)
     try:
         pattern = ((np.arange(nbytes, dtype=np.uint32) * 7 + rank) % 251).astype(np.uint8)
-        win.win.Lock_all()
-        try:
-            win.win.Put(pattern, peer, target=0)
-            win.win.Flush(peer)
-        finally:
-            win.win.Unlock_all()
+        with win.epoch():
+            win.put(pattern, peer, 0)
+            win.flush(peer)
         comm.Barrier()
         back = np.empty(nbytes, dtype=np.uint8)
-        win.win.Lock_all()
-        try:
-            win.win.Get(back, peer, target=0)
-            win.win.Flush(peer)
-        finally:
-            win.win.Unlock_all()
+        with win.epoch():
+            win.get(back, peer, 0)
+            win.flush(peer)
         if not np.array_equal(back, pattern):
             raise RankError(f"RMA round trip to rank {peer} returned wrong bytes "
                             f"({int((back != pattern).sum())} of {nbytes} differ)", rank=rank)
         comm.Barrier()
     finally:
         win.free()
-    del MPI
 
 
 def weight_broadcast_check(comms: Comms, numel: int = 1 << 16) -> int:

@@ -11,33 +11,14 @@ start and at the end, and rank 0 prints both.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
 from asyncflow_hpc.engines.batching import split_even
 from asyncflow_hpc.workflow import common
-from asyncflow_hpc.workflow.metrics import RoleClock, record_rows, record_step
-
-
-def _span(recorder: Any, name: str, **attrs: Any):
-    return recorder.span(name, **attrs) if recorder is not None else contextlib.nullcontext(_NoSpan())
-
-
-class _NoSpan:
-    def set(self, **attrs: Any) -> "_NoSpan":
-        return self
-
-
-def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) -> dict[str, float]:
-    """Held-out accuracy and mean reward over data.eval_size prompts, split over all ranks."""
-    examples = task.test[:cfg.data.eval_size]
-    world = comms.world.Get_size()
-    mine = split_even(examples, world)[comms.rank]
-    total, correct, count = common.evaluate_local(engine, task, mine, params)
-    parts = comms.world.allgather((total, correct, count))
-    total, correct, count = (sum(p[i] for p in parts) for i in range(3))
-    return {"accuracy": correct / max(count, 1), "mean_reward": total / max(count, 1), "count": count}
+from asyncflow_hpc.workflow.metrics import RoleClock, print_eval, record_rows, record_step
+from asyncflow_hpc.workflow.metrics import span
+from asyncflow_hpc.workflow.stages import evaluate, progress_bar, save_policy, sft_warmup
 
 
 def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> dict:
@@ -63,16 +44,16 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
 
         load_into(ckpt.path, trainer)
     else:
-        _warmup(cfg, comms, trainer, task, recorder)
+        sft_warmup(cfg, trainer, task, recorder, lead=lead)
     _sync_rollout_weights(cfg, trainer, rollout)
     out: dict[str, Any] = {"history": ckpt.history() if resumed else []}
     start = ckpt.start if resumed else 0
     if cfg.data.eval_size:
-        with _span(recorder, "evaluate", step=-1):
+        with span(recorder, "evaluate", step=-1):
             out["eval_start"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
-            _print_eval("start", out["eval_start"])
-    bar = _progress(cfg, lead, start)
+            print_eval("start", out["eval_start"])
+    bar = progress_bar(cfg, lead, start)
     clock = RoleClock()
     comms.world.Barrier()
     t_loop = time.perf_counter()
@@ -98,12 +79,12 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
     if lead:
         out["summary"] = sync_summary(per_rank, loop_s, cfg.workflow.steps * cfg.data.prompts_per_step * cfg.rollout.n)
     if cfg.data.eval_size and not stopped:
-        with _span(recorder, "evaluate", step=cfg.workflow.steps):
+        with span(recorder, "evaluate", step=cfg.workflow.steps):
             out["eval_end"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
-            _print_eval("end", out["eval_end"])
+            print_eval("end", out["eval_end"])
     if not stopped:
-        _save(cfg, comms, task)
+        save_policy(cfg, task, lead=lead)
     out["wall_s"] = time.perf_counter() - t0
     out["version"] = trainer.version
     return out
@@ -140,19 +121,19 @@ def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder, c
     pids = common.step_prompt_ids(step, cfg.data.prompts_per_step)
     mine = split_even(pids, comms.world.Get_size())[comms.rank]
     t = time.perf_counter()
-    with clock.busy("generate"), _span(recorder, "generate", step=step, version=rollout.version) as sp:
+    with clock.busy("generate"), span(recorder, "generate", step=step, version=rollout.version) as sp:
         local = common.generate_groups(rollout, task, mine, run_seed=cfg.run.seed, step=step, n=cfg.rollout.n,
                                        params=params, version=rollout.version)
         sp.set(rows=len(local), tokens=sum(len(r.response_ids) for r in local))
     t_gen = time.perf_counter() - t
     record_rows(recorder, local, trainer.version, cfg.run.seed, cfg.data.prompts_per_step, cfg.rollout.n)
     clock.count("tokens", sum(len(r.response_ids) for r in local))
-    with clock.idle("gather"), _span(recorder, "gather_wait", step=step):
+    with clock.idle("gather"), span(recorder, "gather_wait", step=step):
         rows = [r for part in comms.world.allgather(local) for r in part]
     common.assign_advantages(rows, cfg.algorithm)
     t = time.perf_counter()
     tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
-    with clock.busy("train"), _span(recorder, "train_step", step=step, rows=len(rows), tokens=tokens):
+    with clock.busy("train"), span(recorder, "train_step", step=step, rows=len(rows), tokens=tokens):
         metrics = trainer.train_step(rows)
     _sync_rollout_weights(cfg, trainer, rollout)
     metrics.update(step=float(step), reward_mean=sum(r.reward for r in rows) / len(rows),
@@ -167,40 +148,3 @@ def _sync_rollout_weights(cfg, trainer, rollout) -> None:
         rollout.version = trainer.version
     else:
         rollout.load_weights(trainer.named_parameters_for_broadcast(), trainer.version)
-
-
-def _warmup(cfg, comms, trainer, task, recorder) -> None:
-    steps = cfg.trainer.sft_warmup_steps
-    if not steps:
-        return
-    with _span(recorder, "sft_warmup", rows=steps * cfg.trainer.sft_batch):
-        for s in range(steps):
-            loss = trainer.sft_step(common.sft_pairs(task, s, cfg.trainer.sft_batch, cfg.run.seed,
-                                                     cfg.trainer.sft_targets))
-    if comms.rank == 0:
-        print(f"supervised warm-up: {steps} steps on {cfg.trainer.sft_targets} targets, final loss {loss:.3f}",
-              flush=True)
-
-
-def _print_eval(when: str, ev: dict) -> None:
-    print(f"held-out accuracy at {when}: {ev['accuracy']:.3f}  (mean reward {ev['mean_reward']:.3f}, "
-          f"{ev['count']} prompts, greedy)", flush=True)
-
-
-def _progress(cfg, lead: bool, start: int = 0):
-    if not lead:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.workflow.steps, initial=start, desc=f"{cfg.algorithm.name} {cfg.workflow.mode}",
-                unit="step", dynamic_ncols=True, mininterval=0.5)
-
-
-def _save(cfg, comms, task) -> None:
-    if not cfg.model.save_path or comms.rank != 0:
-        return
-    from asyncflow_hpc.models.hf import save_pretrained
-
-    path = cfg.model.save_path.replace("{run_dir}", cfg.run.resolved_dir)
-    save_pretrained(task.model, task.tokenizer, path)
-    print(f"saved the final policy to {path}", flush=True)

@@ -4,7 +4,6 @@
 import collections
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 
 import pytest
 
+from tests.lineage import check_lineage
 from tests.mpi_util import ROOT, mpi_env
 
 SMALL = ["data.eval_size=0", "data.prompts_per_step=8", "rollout.n=4", "trainer.updates_per_step=2",
@@ -104,21 +104,8 @@ def test_warning_signal_checkpoints_stops_and_resume_consumes_each_sample_once(t
     counts = collections.Counter(keys)
     assert len(again["trace_segments"]) == 2
     assert max(counts.values()) == 1, [k for k, c in counts.items() if c > 1][:5]
-    _check_lineage(counts, steps, 8, 4)
+    check_lineage(counts, steps, 8, 4)
     # resume=auto again after completion: nothing to do.
     p = subprocess.run(_cmd(tmp_path, "pre", *over, "resume=auto"), cwd=ROOT, env=mpi_env(), capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0 and "already completed" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
-
-
-def _check_lineage(counts, steps, p, n):
-    """Every trained sample once, whole groups, steps * p groups; a group of the schedule that was not trained
-    on was discarded by the store as too stale (counted) and replaced by a new prompt id beyond the schedule."""
-    groups = {}
-    for pid, k in counts:
-        groups.setdefault(pid, set()).add(k)
-    assert all(ks == set(range(n)) for ks in groups.values()), "a prompt group was trained on in part"
-    assert len(groups) == steps * p, (len(groups), steps * p)
-    missing = set(range(steps * p)) - set(groups)
-    extra = set(groups) - set(range(steps * p))
-    assert len(missing) <= len(extra), f"groups lost: {sorted(missing)[:10]} (replacements: {sorted(extra)[:10]})"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.slurm.conftest import ROOT
+from tests.lineage import check_lineage
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
 STEPS, P, N = 200, 8, 4
@@ -63,18 +63,5 @@ def test_sbatch_job_preempted_mid_run_resumes_and_loses_nothing(local_slurm, job
     counts = collections.Counter(keys)
     assert len(res["trace_segments"]) == 2
     assert max(counts.values()) == 1, "a sample was trained on twice"
-    _check_lineage(counts, STEPS, P, N)
+    check_lineage(counts, STEPS, P, N)
     print(f"preempted after step {start}; resumed and completed {STEPS} steps; {len(keys)} samples, each once")
-
-
-def _check_lineage(counts, steps, p, n):
-    """Every trained sample once, whole groups, steps * p groups; a group of the schedule that was not trained
-    on was discarded by the store as too stale (counted) and replaced by a new prompt id beyond the schedule."""
-    groups = {}
-    for pid, k in counts:
-        groups.setdefault(pid, set()).add(k)
-    assert all(ks == set(range(n)) for ks in groups.values()), "a prompt group was trained on in part"
-    assert len(groups) == steps * p, (len(groups), steps * p)
-    missing = set(range(steps * p)) - set(groups)
-    extra = set(groups) - set(range(steps * p))
-    assert len(missing) <= len(extra), f"groups lost: {sorted(missing)[:10]} (replacements: {sorted(extra)[:10]})"

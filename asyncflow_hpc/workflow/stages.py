@@ -1,0 +1,55 @@
+"""Stages both workflows (sync and async) and trace replay share: warm-up, evaluation, progress, save."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asyncflow_hpc.engines.batching import split_even
+from asyncflow_hpc.workflow import common
+from asyncflow_hpc.workflow.metrics import span
+
+
+def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) -> dict[str, float]:
+    """Held-out accuracy and mean reward over data.eval_size prompts, split over all ranks (collective)."""
+    examples = task.test[:cfg.data.eval_size]
+    world = comms.world.Get_size()
+    mine = split_even(examples, world)[comms.rank]
+    total, correct, count = common.evaluate_local(engine, task, mine, params)
+    parts = comms.world.allgather((total, correct, count))
+    total, correct, count = (sum(p[i] for p in parts) for i in range(3))
+    return {"accuracy": correct / max(count, 1), "mean_reward": total / max(count, 1), "count": count}
+
+
+def sft_warmup(cfg: Any, trainer: Any, task: common.Task, recorder: Any = None, *, lead: bool = False) -> None:
+    """The supervised warm-up before RL (collective over the trainer group); `lead` prints the result."""
+    steps = cfg.trainer.sft_warmup_steps
+    if not steps:
+        return
+    with span(recorder, "sft_warmup", rows=steps * cfg.trainer.sft_batch):
+        for s in range(steps):
+            loss = trainer.sft_step(common.sft_pairs(task, s, cfg.trainer.sft_batch, cfg.run.seed,
+                                                     cfg.trainer.sft_targets))
+    if lead:
+        print(f"supervised warm-up: {steps} steps on {cfg.trainer.sft_targets} targets, final loss {loss:.3f}",
+              flush=True)
+
+
+def progress_bar(cfg: Any, lead: bool, start: int = 0) -> Any:
+    """tqdm bar on the leading rank (None elsewhere)."""
+    if not lead:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.workflow.steps, initial=start, desc=f"{cfg.algorithm.name} {cfg.workflow.mode}",
+                unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def save_policy(cfg: Any, task: common.Task, *, lead: bool) -> None:
+    """The final policy as a Hugging Face directory (model.save_path), written by the leading rank."""
+    if not cfg.model.save_path or not lead:
+        return
+    from asyncflow_hpc.models.hf import save_pretrained
+
+    path = cfg.model.save_path.replace("{run_dir}", cfg.run.resolved_dir)
+    save_pretrained(task.model, task.tokenizer, path)
+    print(f"saved the final policy to {path}", flush=True)
