@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = comm.Get_rank()
     if args.scenario == "bw":
         schema = Schema([Column("ids", "int32", var=True)])
-        cfg = StoreConfig(capacity_rows=args.rows, unit_mb=args.rows * args.row_kib / 1024 + 1, timeout_s=120,
+        cfg = StoreConfig(capacity_rows=4 * args.rows, unit_mb=4 * args.rows * args.row_kib / 1024 + 1, timeout_s=120,
                           storage="servers")  # all bytes on rank 0, like the raw MPI reference
     else:
         schema = grpo_schema() if args.scenario == "grpo" else small_schema()

@@ -16,8 +16,9 @@ import numpy as np
 from asyncflow_hpc.errors import WaitTimeout
 from asyncflow_hpc.store.batch import Batch, Packed
 from asyncflow_hpc.store.config import StoreConfig
-from asyncflow_hpc.store.control import END, Claim, Placement
-from asyncflow_hpc.store.schema import EndOfStream, RowMeta, Schema, Validated
+from asyncflow_hpc.store.control import END, Claim, Lease, Placement
+from asyncflow_hpc.store.schema import EndOfStream, RowMeta, Schema, Validated, chunk_layout
+
 
 def as_bytes(a: np.ndarray) -> np.ndarray:
     """A contiguous array viewed as flat uint8 (no copy)."""
@@ -46,6 +47,8 @@ class StoreBase:
     rank: int = 0
     label: str = "store"
     unit_bytes: int = 0
+    leasing: bool = False  # transports with a round trip per control call (RMA) place puts in leases
+    _lease: Lease | None = None
 
     # ---- waiting -----------------------------------------------------------------------------
     def _wait(self, attempt: Callable[[float], Any], timeout: float | None, what: Callable[[], str]) -> Any:
@@ -79,6 +82,8 @@ class StoreBase:
         index = np.fromiter((x.index for x in m), dtype=np.int64, count=len(m))
         group = np.fromiter((x.group for x in m), dtype=np.int64, count=len(m))
         version = np.fromiter((x.version for x in m), dtype=np.int64, count=len(m))
+        if self.leasing and self.cfg.lease_mb > 0:
+            return self._put_leased(v, index, group, version, timeout)
         pl = self._wait(lambda w: self._alloc(v.ids, v.sizes, v.counts, index, group, version, w), timeout,
                         lambda: f"to put {v.n} rows ({int(v.sizes.sum())} bytes): store full, {self._describe()}")
         self._write_validated(v, pl)
@@ -93,20 +98,48 @@ class StoreBase:
                         lambda: f"for {int(v.sizes.sum())} free bytes to add columns: {self._describe()}")
         self._write_validated(v, pl)
 
+    def _put_leased(self, v: Validated, index, group, version, timeout: float | None) -> np.ndarray:
+        """Place the put in this producer's lease (a new lease when it is used up: the only round
+        trip), write it, and publish it one-way."""
+        _, starts, total = chunk_layout(v.sizes)
+        lease = self._lease
+        if lease is None or not lease.fits(v.n, total):
+            self._end_lease()
+            want_bytes, want_rows = max(int(self.cfg.lease_mb * 2**20), 4 * total), max(self.cfg.lease_rows, 4 * v.n)
+            lease = self._wait(lambda w: self._take_lease(v.n, total, want_rows, want_bytes, w), timeout,
+                               lambda: f"to put {v.n} rows ({total} bytes): store full, {self._describe()}")
+            self._lease = lease
+        first, offset = lease.used_rows, lease.base + lease.used_bytes
+        lease.used_rows += v.n
+        lease.used_bytes += total
+        self._write(self._chunk_ops(v, [(0, v.n, lease.unit, offset + starts)]))
+        self._commit_leased(lease.lease_id, first, offset, v.ids, v.sizes, v.counts, index, group, version)
+        return lease.row_ids[first:first + v.n]
+
+    def _end_lease(self) -> None:
+        if self._lease is not None:
+            lid, self._lease = self._lease.lease_id, None
+            self._release_lease(lid)
+
     def _write_validated(self, v: Validated, pl: Placement) -> None:
+        self._write(self._chunk_ops(v, pl.chunks))
+        self._commit(pl.row_ids, v.ids)
+
+    @staticmethod
+    def _chunk_ops(v: Validated, chunks) -> list:
         ops = []
-        for lo, hi, u, col_starts in pl.chunks:
+        for lo, hi, u, col_starts in chunks:
             for j, cid in enumerate(v.ids):
                 off = int(col_starts[j])
                 for buf in v.column_bytes(cid, lo, hi):
                     if len(buf):
                         ops.append((u, off, buf))
                     off += len(buf)
-        self._write(ops)
-        self._commit(pl.row_ids, v.ids)
+        return ops
 
     def mark_done(self) -> None:
         """This producer will put no more rows; consumers see EndOfStream once all producers said so."""
+        self._end_lease()
         self._mark_done()
 
     # ---- consumers ---------------------------------------------------------------------------

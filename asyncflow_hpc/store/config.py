@@ -17,12 +17,20 @@ class StoreConfig:
     unit_mb: float = opt(64.0, "Bytes of one storage unit (the RMA window of one storage rank), in MiB; a row must fit in one.")
     storage: Literal["all", "servers"] = opt(
         "all", "Which ranks hold storage units: all store participants, or only dedicated store ranks (topology.store_ranks).")
+    lease_mb: float = opt(16.0, "Bytes a producer reserves at once (at least 4 puts' worth) and fills with its puts, "
+                          "publishing each one-way: one control round trip per lease instead of per put. Capped at "
+                          "half of the free space per producer, so a nearly full store still admits every producer; "
+                          "0 = one round trip per put.")
+    lease_rows: int = opt(256, "Row slots a producer reserves at once (at least 4 puts' worth; same cap as lease_mb).")
     timeout_s: float = opt(300.0, "Timeout of blocking put/get; the error names rank, role and what it waited for.")
     poll_min_s: float = opt(5e-5, "First back-off sleep of a waiting put/get or of an idle controller.")
     poll_max_s: float = opt(2e-3, "Longest back-off sleep of a waiting put/get or of an idle controller.")
     spin_s: float = opt(3e-4, "How long the controller and a client awaiting a reply poll without sleeping after "
                         "activity (a short spin keeps control round trips at tens of microseconds).")
     ctrl_poll_max_s: float = opt(5e-4, "Longest back-off sleep of an idle controller (bounds the first request's latency).")
+    shared_memory: Literal["auto", "off"] = opt(
+        "auto", "auto: when every store rank is on one node, storage units are MPI shared-memory windows "
+        "(Win.Allocate_shared) and puts/gets are plain memory copies; off: always RMA Put/Get.")
     local_units: int = opt(2, "Storage units of the in-process twin (transport=local).")
     progress: Literal["auto", "thread", "none"] = opt(
         "auto", "Who drives MPI progress on storage ranks while they compute: thread = a sleeping thread that calls "
@@ -43,6 +51,8 @@ class StoreConfig:
         if self.spin_s < 0 or self.ctrl_poll_max_s < self.poll_min_s:
             raise fail("spin_s", f"need spin_s >= 0 and ctrl_poll_max_s >= poll_min_s, got {self.spin_s}, "
                                  f"{self.ctrl_poll_max_s}")
+        if self.lease_mb < 0 or self.lease_rows < 1:
+            raise fail("lease_mb", f"need lease_mb >= 0 and lease_rows >= 1, got {self.lease_mb}, {self.lease_rows}")
         if self.progress_interval_s <= 0:
             raise fail("progress_interval_s", f"must be > 0, got {self.progress_interval_s}")
         if self.local_units < 1:

@@ -73,6 +73,23 @@ class Placement:
 
 
 @dataclass
+class Lease:
+    """Slots, row ids and one byte extent reserved for one producer, which places its puts in them
+    itself and publishes each with a one-way `commit_leased` (no round trip per put)."""
+
+    lease_id: int
+    unit: int
+    base: int
+    nbytes: int
+    row_ids: np.ndarray
+    used_bytes: int = 0
+    used_rows: int = 0
+
+    def fits(self, rows: int, nbytes: int) -> bool:
+        return self.used_rows + rows <= len(self.row_ids) and self.used_bytes + nbytes <= self.nbytes
+
+
+@dataclass
 class Claim:
     """Rows a get claimed for one task, with where each requested column lies."""
 
@@ -121,8 +138,10 @@ class ControlPlane:
         self.slot_of: dict[int, int] = {}
         self.tasks: dict[str, TaskState] = {}
         self.all_tasks = np.uint64(0)
-        self.next_row = 0
+        self.next_row = self.next_arrival = 0
         self.rows_put = self.recycled = 0
+        self.leases: dict[int, list] = {}  # id -> [producer, extent id, slots, row ids, rows used, bytes used]
+        self.next_lease = 0
         self.producers, self.done_by = max(1, producers), set()
 
     # ---- tasks and end of stream ------------------------------------------------------------
@@ -146,6 +165,8 @@ class ControlPlane:
         return t
 
     def mark_done(self, producer: int = 0) -> None:
+        for lid in [k for k, x in self.leases.items() if x[0] == producer]:
+            self.end_lease(lid)
         self.done_by.add(producer)
 
     @property
@@ -190,20 +211,120 @@ class ControlPlane:
         chunks = self._place(sizes)
         if chunks is None:
             return None
-        slots = np.fromiter((self.free_slots.popleft() for _ in range(n)), dtype=np.int64, count=n)
+        slots = self._take_slots(n)
         rids = np.arange(self.next_row, self.next_row + n, dtype=np.int64)
         self.next_row += n
+        self._open_rows(slots, rids, index, group, version)
+        return self._set_locs(rids, slots, col_ids, sizes, counts, chunks)
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        return np.fromiter((self.free_slots.popleft() for _ in range(n)), dtype=np.int64, count=n)
+
+    def _open_rows(self, slots: np.ndarray, rids: np.ndarray, index, group, version) -> None:
+        n = len(slots)
         self.rows_put += n
         self.live[slots] = True
         self.row_id[slots] = rids
         self.index[slots], self.group[slots], self.version[slots] = index, group, version
-        self.arrival[slots] = rids
+        self.arrival[slots] = np.arange(self.next_arrival, self.next_arrival + n)  # FIFO = publication order
+        self.next_arrival += n
         self.ready[slots] = self.consumed[slots] = self.released[slots] = 0
         self.loc_unit[slots] = -1
         self.seqlen[slots] = 0
         for rid, s in zip(rids.tolist(), slots.tolist()):
             self.slot_of[rid] = s
-        return self._set_locs(rids, slots, col_ids, sizes, counts, chunks)
+
+    # ---- leases: placement done by the producer, published one-way ---------------------------
+    def lease(self, rows: int, nbytes: int, want_rows: int, want_bytes: int, producer: int = 0) -> Lease | None:
+        """Reserve at least `rows` slots and `nbytes` bytes in one unit (None when full: the producer
+        waits), and up to `want_rows`/`want_bytes` while that leaves at least half of what is free to
+        the other producers, so a lease never takes the space a put of another producer could use
+        when the store is nearly full (then leases shrink to single puts)."""
+        if producer in self.done_by:
+            raise StoreError("put after mark_done() on this producer")
+        if nbytes > max(a.size for a in self.arenas):
+            raise SchemaError(f"a put needs {nbytes} bytes, more than a storage unit "
+                              f"({max(a.size for a in self.arenas)} bytes)")
+        free = len(self.free_slots)
+        if free < rows:
+            return None
+        share = 2 * self.producers
+        n = max(rows, min(want_rows, rows + (free - rows) // share))
+        for u in sorted(range(len(self.arenas)), key=lambda q: -self.arenas[q].free_bytes):
+            arena = self.arenas[u]
+            size = aligned(max(nbytes, min(want_bytes, nbytes + (arena.free_bytes - nbytes) // share)))
+            base = arena.alloc(size) if arena.free_bytes >= size else None
+            if base is None and size > nbytes:
+                size = aligned(nbytes)
+                base = arena.alloc(size) if arena.free_bytes >= size else None
+            if base is not None:
+                break
+        else:
+            return None
+        slots = self._take_slots(n)
+        rids = np.arange(self.next_row, self.next_row + n, dtype=np.int64)
+        self.next_row += n
+        eid = self.next_extent
+        self.next_extent += 1
+        self.extent[eid] = [u, base, size, 1]  # the lease itself holds the extent until end_lease
+        lid = self.next_lease
+        self.next_lease += 1
+        self.leases[lid] = [producer, eid, slots, rids, 0, 0]
+        return Lease(lease_id=lid, unit=u, base=base, nbytes=size, row_ids=rids)
+
+    def commit_leased(self, lease_id: int, first: int, offset: int, col_ids: Sequence[int], sizes: np.ndarray,
+                      counts: np.ndarray, index: Sequence[int], group: Sequence[int], version: Sequence[int]) -> None:
+        """Rows first..first+n of a lease, written as one chunk at `offset` of its unit: live and ready."""
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            raise StoreError(f"internal: commit to lease {lease_id}, which is not open")
+        producer, eid, slots, rids = lease[:4]
+        if producer in self.done_by:
+            raise StoreError("put after mark_done() on this producer")
+        n = sizes.shape[0]
+        u, base, size, _ = self.extent[eid]
+        offs, _, total = chunk_layout(sizes)
+        if first + n > len(slots) or offset < base or offset + total > base + size:
+            raise StoreError(f"internal: lease {lease_id} rows {first}..{first + n} at byte {offset} (+{total}) "
+                             f"outside the lease ({len(slots)} rows, bytes [{base}, {base + size}))")
+        s, r = slots[first:first + n], rids[first:first + n]
+        self._open_rows(s, r, index, group, version)
+        ci = np.asarray(col_ids)
+        self.loc_unit[s[:, None], ci] = u
+        self.loc_off[s[:, None], ci] = offset + offs
+        self.loc_nb[s[:, None], ci] = sizes
+        self.loc_cnt[s[:, None], ci] = counts
+        self.extent[eid][3] += n
+        lease[4] = max(lease[4], first + n)
+        lease[5] = max(lease[5], offset + total - base)
+        for x in s.tolist():
+            self.extents[x].append(eid)
+        var = np.array([self.schema.columns[c].var for c in col_ids], dtype=bool)
+        if var.any():
+            self.seqlen[s] += counts[:, var].sum(axis=1)
+        self.ready[s] |= np.uint64(sum(1 << c for c in col_ids))
+
+    def end_lease(self, lease_id: int) -> None:
+        """The producer is done with a lease: its unused slots and the unused tail of its bytes are freed."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return
+        eid, slots, used_rows, used_bytes = lease[1], lease[2], lease[4], lease[5]
+        self.free_slots.extend(slots[used_rows:].tolist())
+        ext = self.extent[eid]
+        keep = aligned(used_bytes)
+        if keep < ext[2]:
+            self.arenas[ext[0]].release(ext[1] + keep, ext[2] - keep)
+            ext[2] = keep
+        self._drop_extent_ref(eid)
+
+    def _drop_extent_ref(self, eid: int) -> None:
+        ext = self.extent[eid]
+        ext[3] -= 1
+        if ext[3] == 0:
+            if ext[2]:
+                self.arenas[ext[0]].release(ext[1], ext[2])
+            del self.extent[eid]
 
     def _set_locs(self, rids, slots, col_ids, sizes, counts, chunks) -> Placement:
         ci = np.asarray(col_ids)
@@ -312,11 +433,7 @@ class ControlPlane:
         for s in slots.tolist():
             if self.live[s] and (self.released[s] & full) == full:
                 for eid in self.extents[s]:
-                    ext = self.extent[eid]
-                    ext[3] -= 1
-                    if ext[3] == 0:
-                        self.arenas[ext[0]].release(ext[1], ext[2])
-                        del self.extent[eid]
+                    self._drop_extent_ref(eid)
                 self.extents[s] = []
                 self.live[s] = False
                 del self.slot_of[int(self.row_id[s])]
@@ -330,7 +447,8 @@ class ControlPlane:
         for name, t in self.tasks.items():
             tasks[name] = {"consumed": t.consumed, "lag": self.rows_put - t.consumed - t.discarded_stale,
                            "discarded_stale": t.discarded_stale, "stale_consumed": t.stale_consumed}
-        return {"rows_live": live, "capacity_rows": self.cap, "occupancy": live / self.cap,
+        leased = sum(len(x[2]) - x[4] for x in self.leases.values())
+        return {"rows_live": live, "capacity_rows": self.cap, "occupancy": live / self.cap, "rows_leased": leased,
                 "rows_put": self.rows_put, "rows_recycled": self.recycled,
                 "bytes_used": [a.used for a in self.arenas], "bytes_capacity": [a.size for a in self.arenas],
                 "done": self.done, "tasks": tasks}

@@ -54,6 +54,16 @@ class LocalStore(StoreBase):
     def _commit(self, row_ids, col_ids):
         self._call("commit", row_ids, col_ids)
 
+    # leases (off by default here: no round trip to save; `leasing = True` exercises them in tests)
+    def _take_lease(self, rows, nbytes, want_rows, want_bytes, wait_s=0.0):
+        return self._call("lease", rows, nbytes, want_rows, want_bytes, 0)
+
+    def _commit_leased(self, *args):
+        self._call("commit_leased", *args)
+
+    def _release_lease(self, lease_id):
+        self._call("end_lease", lease_id)
+
     def _select(self, task, col_ids, n, policy, args, wait_s=0.0):
         return self._call("select", task, col_ids, n, policy, args)
 

@@ -24,12 +24,18 @@ from asyncflow_hpc.store import schema as _schema
 from asyncflow_hpc.store.base import StoreBase
 from asyncflow_hpc.store.config import StoreConfig
 from asyncflow_hpc.store.control import ControlPlane
+from asyncflow_hpc.store.doorbell import Doorbell
 from asyncflow_hpc.store.schema import Schema, StoreError
 from asyncflow_hpc.store.windows import DataWindow, ProgressThread, spans_nodes
 
 TAG_REQ, TAG_REP = 7301, 7302
-ONEWAY = {"commit", "release", "done"}
-PARKABLE = {"alloc", "allocc", "select"}  # carry how long the caller will wait as their last argument
+ONEWAY = {"commit", "commitl", "endl", "release", "done"}
+PARKABLE = {"alloc", "allocc", "lease", "select"}  # carry how long the caller will wait as their last argument
+# request -> (ControlPlane method, whether the requesting rank is passed as the producer)
+OPS = {"reg": ("register_task", False), "alloc": ("alloc", True), "allocc": ("alloc_columns", False),
+       "commit": ("commit", False), "lease": ("lease", True), "commitl": ("commit_leased", False),
+       "endl": ("end_lease", False), "select": ("select", False), "release": ("release", False),
+       "stats": ("stats", False), "peek": ("peek", False), "done": ("mark_done", True)}
 ROLES = ("server", "producer", "consumer", "both", "idle")
 _ERRORS = {"SchemaError": _schema.SchemaError, "StoreError": StoreError, "ValueError": ValueError,
            "EndOfStream": _schema.EndOfStream}
@@ -49,8 +55,8 @@ def _role_from_layout(layout: Any, rank: int) -> str:
 class Service:
     """The control plane behind a lock, answering requests from other ranks."""
 
-    def __init__(self, ctrl: ControlPlane, comm: Any, cfg: StoreConfig):
-        self.ctrl, self.comm, self.cfg = ctrl, comm, cfg
+    def __init__(self, ctrl: ControlPlane, comm: Any, cfg: StoreConfig, bell: Doorbell):
+        self.ctrl, self.comm, self.cfg, self.bell = ctrl, comm, cfg, bell
         self.lock = threading.Lock()
         self.deferred: dict[int, Exception] = {}
         self.parked: list[tuple[int, str, tuple, float]] = []
@@ -59,32 +65,19 @@ class Service:
     def local(self, src: int, op: str, args: tuple) -> Any:
         """A call from the rank hosting the controller: no message, but it may unblock parked requests."""
         value = self.apply(src, op, args)
-        if op in ("commit", "release", "done", "select") and self.parked:
+        if op not in ("alloc", "allocc", "lease") and self.parked:
             with self.plock:
                 self._retry_parked()
         return value
 
     def apply(self, src: int, op: str, args: tuple) -> Any:
+        try:
+            method, by_producer = OPS[op]
+        except KeyError:
+            raise StoreError(f"unknown store request {op!r}") from None
         with self.lock:
-            if op == "reg":
-                return self.ctrl.register_task(*args)
-            if op == "alloc":
-                return self.ctrl.alloc(*args, producer=src)
-            if op == "allocc":
-                return self.ctrl.alloc_columns(*args)
-            if op == "commit":
-                return self.ctrl.commit(*args)
-            if op == "select":
-                return self.ctrl.select(*args)
-            if op == "release":
-                return self.ctrl.release(*args)
-            if op == "stats":
-                return self.ctrl.stats()
-            if op == "peek":
-                return self.ctrl.peek(*args)
-            if op == "done":
-                return self.ctrl.mark_done(src)
-        raise StoreError(f"unknown store request {op!r}")
+            fn = getattr(self.ctrl, method)
+            return fn(*args, producer=src) if by_producer else fn(*args)
 
     def handle_one(self, msg: Any, src: int) -> None:
         with self.plock:
@@ -95,7 +88,7 @@ class Service:
         wait_s = args.pop() if op in PARKABLE else 0.0
         if not self._try(src, op, tuple(args), park_until=time.monotonic() + wait_s if wait_s > 0 else None):
             return
-        if op not in ("alloc", "allocc"):  # commit/release/done/select can make parked requests satisfiable
+        if op not in ("alloc", "allocc", "lease"):  # the others can make parked requests satisfiable
             self._retry_parked()
 
     def _try(self, src: int, op: str, args: tuple, park_until: float | None) -> bool:
@@ -118,6 +111,7 @@ class Service:
             exc = self.deferred.pop(src)
             reply = ("err", type(exc).__name__, f"an earlier request failed: {exc}")
         self.comm.send(reply, dest=src, tag=TAG_REP)
+        self.bell.ring(src)
         return True
 
     def _retry_parked(self) -> None:
@@ -131,16 +125,22 @@ class Service:
             self._retry_parked()  # past the deadline: _try answers None, the client raises WaitTimeout
 
     def serve(self, finished: Callable[[], bool]) -> None:
-        """Answer requests until `finished()`; sleeps with back-off when idle (never spins a core)."""
+        """Answer requests until `finished()`; sleeps with back-off when idle, woken by the clients' rings.
+
+        A ring is followed by a short poll without sleeping (spin_s): MPI shows the message tens of
+        microseconds after the ring wakes this thread. The same short poll follows each request when
+        some client cannot ring (another node): its follow-up request usually comes within microseconds."""
         from mpi4py import MPI
 
         pause, st = self.cfg.poll_min_s, MPI.Status()
+        me, size = self.comm.Get_rank(), self.comm.Get_size()
+        spin_s = 0.0 if all(self.bell.can_ring(r) for r in range(size) if r != me) else self.cfg.spin_s
         hot_until = 0.0
         while True:
             msg = self.comm.improbe(MPI.ANY_SOURCE, TAG_REQ, status=st)
             if msg is not None:
                 self.handle_one(msg, st.Get_source())
-                pause, hot_until = self.cfg.poll_min_s, time.monotonic() + self.cfg.spin_s
+                pause, hot_until = self.cfg.poll_min_s, time.monotonic() + spin_s
                 continue
             if time.monotonic() < hot_until:
                 continue  # a follow-up request usually comes within microseconds: poll briefly
@@ -149,8 +149,10 @@ class Service:
                     self._expire_parked()
             if finished():
                 break
-            time.sleep(pause)
-            pause = min(pause * 2, self.cfg.ctrl_poll_max_s)
+            if self.bell.wait(pause):  # rung: the message shows up within tens of microseconds
+                pause, hot_until = self.cfg.poll_min_s, time.monotonic() + self.cfg.spin_s
+            else:
+                pause = min(pause * 2, self.cfg.ctrl_poll_max_s)
         for _ in range(3):  # drain one-way messages sent just before the clients closed
             time.sleep(1e-3)
             while (msg := self.comm.improbe(MPI.ANY_SOURCE, TAG_REQ, status=st)) is not None:
@@ -159,6 +161,8 @@ class Service:
 
 class RMAStore(StoreBase):
     """A store participant (client, server, or both); create() is collective over the communicator."""
+
+    leasing = True
 
     def __init__(self) -> None:  # use create()
         self._closed = False
@@ -189,14 +193,18 @@ class RMAStore(StoreBase):
             raise StoreError("store.storage=servers but no rank has the store role (set topology.store_ranks >= 1)")
         self.unit_ranks = servers if cfg.storage == "servers" else list(range(size))
         self.unit_bytes = cfg.unit_bytes
-        self.win = DataWindow(self.comm, self.unit_bytes if self.rank in self.unit_ranks else 0)
+        self.multi_node = spans_nodes(self.comm)
+        self.win = DataWindow(self.comm, self.unit_bytes if self.rank in self.unit_ranks else 0,
+                              shared=cfg.shared_memory == "auto" and not self.multi_node)
+        self.bell = Doorbell()
+        self.bell.connect(self.comm)
         # One access epoch to every rank for the store's lifetime, closed by close().
         self._epoch = self.win.epoch()
         self._epoch.__enter__()
         if self.rank == self.ctrl_rank:
             producers = sum(1 for x in roles if x in ("producer", "both"))
             ctrl = ControlPlane(schema, cfg.capacity_rows, [self.unit_bytes] * len(self.unit_ranks), producers)
-            self.service = Service(ctrl, self.ccomm, cfg)
+            self.service = Service(ctrl, self.ccomm, cfg, self.bell)
             if role != "server":
                 self._thread = threading.Thread(target=self.service.serve, args=(self._stop.is_set,),
                                                 name="store-controller", daemon=True)
@@ -208,7 +216,7 @@ class RMAStore(StoreBase):
     def _start_progress(self, role: str) -> None:
         """Storage ranks that do not run the controller loop (which polls MPI anyway) get a progress
         thread when the transport may need target progress (store.progress; docs/multihost.md)."""
-        need = self.cfg.progress == "thread" or (self.cfg.progress == "auto" and spans_nodes(self.comm))
+        need = self.cfg.progress == "thread" or (self.cfg.progress == "auto" and self.multi_node)
         if need and self.rank in self.unit_ranks and self.service is None and role != "server":
             self._progress = ProgressThread(self.comm, self.cfg.progress_interval_s)
 
@@ -221,6 +229,7 @@ class RMAStore(StoreBase):
         with self._rpc_lock:
             msg = (op, *args, wait_s) if op in PARKABLE else (op, *args)
             self.ccomm.send(msg, dest=self.ctrl_rank, tag=TAG_REQ)
+            self.bell.ring(self.ctrl_rank)
             if op in ONEWAY:
                 return None
             reply = self._await_reply(op, wait_s)
@@ -229,8 +238,11 @@ class RMAStore(StoreBase):
         return reply[1]
 
     def _await_reply(self, op: str, wait_s: float) -> Any:
+        """Sleep on this rank's bell (the controller rings after replying) with back-off polls of MPI;
+        poll briefly without sleeping first only when the controller cannot ring (another node)."""
         start = time.monotonic()
-        deadline, spin_until = start + wait_s + self.cfg.timeout_s, start + self.cfg.spin_s
+        spin = 0.0 if self.bell.can_ring(self.ctrl_rank) else self.cfg.spin_s
+        deadline, spin_until = start + wait_s + self.cfg.timeout_s, start + spin
         pause = self.cfg.poll_min_s
         while True:
             msg = self.ccomm.improbe(self.ctrl_rank, TAG_REP)
@@ -243,7 +255,9 @@ class RMAStore(StoreBase):
                 raise WaitTimeout(f"store: no reply from the store controller (rank {self.ctrl_rank}) to "
                                   f"'{op}' within {self.cfg.timeout_s:g}s (store.timeout_s)",
                                   rank=self.rank, role=self.label)
-            time.sleep(pause)
+            if self.bell.wait(pause):  # rung: the reply becomes visible to MPI within tens of microseconds
+                spin_until = time.monotonic() + self.cfg.spin_s
+                continue
             # a reply is usually due within a millisecond; only a parked request waits longer
             pause = min(pause * 2, self.cfg.ctrl_poll_max_s if now - start < 0.01 else self.cfg.poll_max_s)
 
@@ -258,6 +272,15 @@ class RMAStore(StoreBase):
 
     def _commit(self, row_ids, col_ids):
         self._rpc("commit", row_ids, col_ids)
+
+    def _take_lease(self, rows, nbytes, want_rows, want_bytes, wait_s=0.0):
+        return self._rpc("lease", rows, nbytes, want_rows, want_bytes, wait_s=wait_s)
+
+    def _commit_leased(self, *args):
+        self._rpc("commitl", *args)
+
+    def _release_lease(self, lease_id):
+        self._rpc("endl", lease_id)
 
     def _select(self, task, col_ids, n, policy, args, wait_s=0.0):
         return self._rpc("select", task, col_ids, n, policy, args, wait_s=wait_s)
@@ -289,6 +312,7 @@ class RMAStore(StoreBase):
         self._flush({op[0] for op in ops})  # remote completion before the commit message
 
     def _read(self, ops):
+        self.win.sync()  # shared windows: see every byte published before the claim was answered
         for u, off, buf in ops:
             self.win.get(buf, self.unit_ranks[u], off)
         self._flush({op[0] for op in ops})
@@ -318,6 +342,7 @@ class RMAStore(StoreBase):
         """Collective: wait (sleeping) until every rank closes, stop the controller, free the windows."""
         if self._closed:
             return
+        self._end_lease()  # unused reserved slots and bytes go back before the controller stops
         if not getattr(self, "_served", False):
             wait = self.cfg.timeout_s if timeout is None else timeout
             self._sleeping_barrier(wait, "every other rank to close the store")
@@ -327,6 +352,7 @@ class RMAStore(StoreBase):
         if self._progress is not None:
             self._progress.free()
         self._closed = True
+        self.bell.close()
         self._epoch.__exit__(None, None, None)
         self.win.free()
         self.ccomm.Free()
