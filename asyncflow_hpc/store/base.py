@@ -162,13 +162,39 @@ class StoreBase:
         return None if claim is None else self._fetch(task, col_ids, claim)
 
     def iter_batches(self, task: str, columns: Sequence[str], n: int, policy: str = "fifo",
-                     timeout: float | None = None, **policy_args: Any) -> Iterator[Batch]:
-        """get() until EndOfStream."""
-        while True:
-            try:
-                yield self.get(task, columns, n, policy, timeout, **policy_args)
-            except EndOfStream:
-                return
+                     timeout: float | None = None, prefetch: bool = False, **policy_args: Any) -> Iterator[Batch]:
+        """get() until EndOfStream.
+
+        prefetch=True claims the next batch before reading this one (the claim's round trip to the
+        controller then overlaps the copy and the caller's work on the batch). Its rows belong to this
+        consumer from then on; leaving the loop early hands them back unread (`unclaim`)."""
+        col_ids = self.schema.col_ids(columns)
+        ahead: Any = None
+        try:
+            while True:
+                claim = self._select_end(ahead) if ahead is not None else None
+                ahead = None
+                if claim is None:
+                    claim = self._wait(lambda w: self._select(task, col_ids, n, policy, policy_args, w), timeout,
+                                       lambda: f"for task '{task}' to get {n} rows with columns {list(columns)} "
+                                               f"(policy {policy}): {self._describe()}")
+                if claim == END:
+                    return
+                if prefetch:
+                    ahead = self._select_begin(task, col_ids, n, policy, policy_args)
+                yield self._fetch(task, col_ids, claim)
+        finally:
+            if ahead is not None:
+                left = self._select_end(ahead)
+                if isinstance(left, Claim):
+                    self._unclaim(task, left.row_ids)
+
+    # a claim sent now and collected later; transports with a round trip override both
+    def _select_begin(self, task, col_ids, n, policy, args) -> Any:
+        return ("claimed", self._select(task, col_ids, n, policy, args))
+
+    def _select_end(self, handle) -> Any:
+        return handle[1]
 
     def peek(self, task: str, columns: Sequence[str]) -> Batch:
         """Copy of every row `task` has not consumed yet (with `columns` ready), without consuming any.

@@ -421,6 +421,16 @@ class ControlPlane:
                      unit=self.loc_unit[s[:, None], ci], offset=self.loc_off[s[:, None], ci],
                      nbytes=self.loc_nb[s[:, None], ci], count=self.loc_cnt[s[:, None], ci])
 
+    def unclaim(self, task: str, row_ids: Sequence[int]) -> None:
+        """Hand back rows a task claimed but never read (a prefetched batch the consumer did not use)."""
+        t = self.task(task)
+        bit = np.uint64(1 << t.bit)
+        slots = self.slots_of(row_ids)
+        if ((self.consumed[slots] & bit) == 0).any() or ((self.released[slots] & bit) != 0).any():
+            raise StoreError(f"internal: unclaim of rows task '{task}' does not hold")
+        self.consumed[slots] &= ~bit
+        t.consumed -= len(slots)
+
     def release(self, task: str, row_ids: Sequence[int]) -> None:
         """The task has copied these rows out: once every task has, their slots and bytes are reused."""
         bit = np.uint64(1 << self.task(task).bit)

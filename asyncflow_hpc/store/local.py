@@ -73,6 +73,9 @@ class LocalStore(StoreBase):
     def _release(self, task, row_ids):
         self._call("release", task, row_ids)
 
+    def _unclaim(self, task, row_ids):
+        self._call("unclaim", task, row_ids)
+
     def _stats(self):
         return self._call("stats")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 from asyncflow_hpc.errors import WaitTimeout
@@ -29,12 +30,12 @@ from asyncflow_hpc.store.schema import Schema, StoreError
 from asyncflow_hpc.store.windows import DataWindow, ProgressThread, spans_nodes
 
 TAG_REQ, TAG_REP = 7301, 7302
-ONEWAY = {"commit", "commitl", "endl", "release", "done"}
+ONEWAY = {"commit", "commitl", "endl", "release", "unclaim", "done"}
 PARKABLE = {"alloc", "allocc", "lease", "select"}  # carry how long the caller will wait as their last argument
 # request -> (ControlPlane method, whether the requesting rank is passed as the producer)
 OPS = {"reg": ("register_task", False), "alloc": ("alloc", True), "allocc": ("alloc_columns", False),
        "commit": ("commit", False), "lease": ("lease", True), "commitl": ("commit_leased", False),
-       "endl": ("end_lease", False), "select": ("select", False), "release": ("release", False),
+       "endl": ("end_lease", False), "select": ("select", False), "release": ("release", False), "unclaim": ("unclaim", False),
        "stats": ("stats", False), "peek": ("peek", False), "done": ("mark_done", True)}
 ROLES = ("server", "producer", "consumer", "both", "idle")
 _ERRORS = {"SchemaError": _schema.SchemaError, "StoreError": StoreError, "ValueError": ValueError,
@@ -167,6 +168,8 @@ class RMAStore(StoreBase):
     def __init__(self) -> None:  # use create()
         self._closed = False
         self._rpc_lock = threading.Lock()
+        self._early: deque = deque()  # replies to claims sent ahead (iter_batches(prefetch=True))
+        self._early_sent = 0
         self.service: Service | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -227,15 +230,45 @@ class RMAStore(StoreBase):
         if self.service is not None:  # this rank hosts the controller: call it directly (no parking)
             return self.service.local(self.rank, op, args)
         with self._rpc_lock:
-            msg = (op, *args, wait_s) if op in PARKABLE else (op, *args)
-            self.ccomm.send(msg, dest=self.ctrl_rank, tag=TAG_REQ)
-            self.bell.ring(self.ctrl_rank)
+            self._send(op, args, wait_s)
             if op in ONEWAY:
                 return None
+            self._collect_early()
             reply = self._await_reply(op, wait_s)
+        return self._unpack(reply)
+
+    def _send(self, op: str, args: tuple, wait_s: float) -> None:
+        msg = (op, *args, wait_s) if op in PARKABLE else (op, *args)
+        self.ccomm.send(msg, dest=self.ctrl_rank, tag=TAG_REQ)
+        self.bell.ring(self.ctrl_rank)
+
+    @staticmethod
+    def _unpack(reply: tuple) -> Any:
         if reply[0] == "err":
             raise _ERRORS.get(reply[1], StoreError)(reply[2])
         return reply[1]
+
+    def _collect_early(self) -> None:
+        """Replies to claims sent ahead come first (the controller answers a rank's unparked requests
+        in order): take them off the wire before waiting for another reply."""
+        while self._early_sent > len(self._early):
+            self._early.append(self._await_reply("select", 0.0))
+
+    def _select_begin(self, task, col_ids, n, policy, args):
+        if self.service is not None:
+            return super()._select_begin(task, col_ids, n, policy, args)
+        with self._rpc_lock:
+            self._send("select", (task, col_ids, n, policy, args), 0.0)  # never parked: answered in order
+            self._early_sent += 1
+        return ("sent",)
+
+    def _select_end(self, handle):
+        if handle[0] != "sent":
+            return super()._select_end(handle)
+        with self._rpc_lock:
+            self._collect_early()
+            self._early_sent -= 1
+            return self._unpack(self._early.popleft())
 
     def _await_reply(self, op: str, wait_s: float) -> Any:
         """Sleep on this rank's bell (the controller rings after replying) with back-off polls of MPI;
@@ -287,6 +320,9 @@ class RMAStore(StoreBase):
 
     def _release(self, task, row_ids):
         self._rpc("release", task, row_ids)
+
+    def _unclaim(self, task, row_ids):
+        self._rpc("unclaim", task, row_ids)
 
     def _peek(self, task, col_ids):
         return self._rpc("peek", task, col_ids)

@@ -13,10 +13,11 @@ def _json_lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.parametrize("mode", ["thread", "server"])
+@pytest.mark.parametrize("mode", ["thread", "server", "prefetch"])
 def test_stream_100k_rows_exactly_once_per_task(mode):
     args = ["tests/mpi/workers/store_stream.py", "--rows", "100000", "--timeout", "60"]
-    proc = run_mpi(4, args + (["--server"] if mode == "server" else []), timeout=150)
+    extra = {"thread": [], "server": ["--server"], "prefetch": ["--prefetch"]}[mode]
+    proc = run_mpi(4, args + extra, timeout=150)
     (report,) = _json_lines(proc.stdout)
     for task in ("a", "b"):
         assert report[task]["lost"] == 0, report

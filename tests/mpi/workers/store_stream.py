@@ -3,6 +3,8 @@
     mpiexec -n 4 python tests/mpi/workers/store_stream.py --rows 100000 [--server]
 Without --server: ranks 1, 2 produce; ranks 0, 3 consume task "a" (competing); rank 3 also consumes
 task "b"; the controller is a thread on rank 0. With --server: rank 0 is a dedicated store rank.
+With --prefetch: rank 0 streams "a" claiming ahead (iter_batches(prefetch=True)) and once leaves
+its loop early, handing the claimed batch back.
 Prints one JSON line from rank 0.
 """
 
@@ -34,6 +36,28 @@ def produce(store, rank, producers, rows, batch, rng):
     store.mark_done()
 
 
+def check(b):
+    for i, x in enumerate(b["x"]):
+        if not np.array_equal(b["v"][i], value(x)) or b.index[i] != x or b.group[i] != x // 8:
+            raise AssertionError(f"row {x}: wrong value or meta")
+
+
+def consume_prefetching(store, task, n, rng):
+    """Stream with claims sent ahead; leave the loop once early (the claimed batch goes back unread)."""
+    seen = []
+    for k, b in enumerate(store.iter_batches(task, ["x", "v"], n, prefetch=True)):
+        check(b)
+        seen.extend(b["x"].tolist())
+        if k == 3:
+            break
+    for b in store.iter_batches(task, ["x", "v"], n, prefetch=True):
+        check(b)
+        seen.extend(b["x"].tolist())
+        if rng.random() < 0.3:
+            time.sleep(rng.random() * 2e-3)
+    return {task: seen}
+
+
 def consume(store, tasks, n, rng):
     seen = {t: [] for t in tasks}
     active = list(tasks)
@@ -48,9 +72,7 @@ def consume(store, tasks, n, rng):
         if b is None:
             time.sleep(1e-3)
             continue
-        for i, x in enumerate(b["x"]):
-            if not np.array_equal(b["v"][i], value(x)) or b.index[i] != x or b.group[i] != x // 8:
-                raise AssertionError(f"row {x}: wrong value or meta")
+        check(b)
         seen[t].extend(b["x"].tolist())
         if rng.random() < 0.3:
             time.sleep(rng.random() * 2e-3)
@@ -62,6 +84,7 @@ def main():
     ap.add_argument("--rows", type=int, default=100000)
     ap.add_argument("--server", action="store_true")
     ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--prefetch", action="store_true", help="single-task consumers stream with prefetch")
     args = ap.parse_args()
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -86,7 +109,8 @@ def main():
         produce(store, rank, producers, args.rows, 200, rng)
     else:
         tasks = ["a", "b"] if rank == 3 else ["a"]
-        seen = consume(store, tasks, 150, rng)
+        seen = consume_prefetching(store, "a", 150, rng) if args.prefetch and len(tasks) == 1 else \
+            consume(store, tasks, 150, rng)
     stats = store.stats() if roles[rank] == "consumer" else None
     store.close()
     all_seen = comm.gather(seen, root=0)

@@ -136,3 +136,19 @@ def test_threads_exactly_once():
     for th in ths:
         th.join()
     assert sorted(seen) == list(range(500))
+
+
+def test_prefetching_stream_hands_back_an_unread_batch():
+    s = make(cap=64)
+    s.register_task("t", ["response_ids"])
+    for lo in range(0, 40, 8):
+        s.put(*rollout(lo, lo + 8))
+    seen = []
+    for k, b in enumerate(s.iter_batches("t", ["response_ids"], 5, prefetch=True)):
+        seen += b.index.tolist()
+        if k == 1:
+            break  # the third batch was already claimed: it goes back unread
+    assert seen == list(range(10)) and s.stats()["tasks"]["t"]["consumed"] == 10
+    s.mark_done()
+    rest = [i for b in s.iter_batches("t", ["response_ids"], 5, prefetch=True) for i in b.index.tolist()]
+    assert rest == list(range(10, 40)) and s.stats()["rows_live"] == 0
