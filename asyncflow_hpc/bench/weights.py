@@ -5,10 +5,16 @@
 
 Per workload, on the weight-broadcast group (trainer leader + rollout ranks, gloo here), each repeat
 times, from a barrier to the last rank done (MPI max): the raw torch.distributed broadcast of one flat
-buffer; the bucketed sync (header + checksums + pipelined buckets + checksum verification on receipt,
-from a snapshot packed beforehand); the same without checksums; and MPI Bcast of the same buffer for
-reference. Medians are reported. `bcast_over_raw` = median over repeats of raw time / bucketed time
-(paired, adjacent runs), the minimum over workloads at the default bucket size (target >= 0.9). The snapshot (pack) and the rollout's swap are timed separately.
+buffer; the bucketed sync (one control message with header + checksums, pipelined buckets, checksum
+verification of every bucket on receipt, from a snapshot packed beforehand); the same without
+checksums; and MPI Bcast of the same buffer for reference. Each payload is the same bytes
+(plan.total_bytes) on every side; the bucketed side also carries its 4 KiB control message.
+Medians are reported. `bcast_over_raw` = median over repeats of raw time / bucketed time (paired:
+the two runs of a repeat are adjacent, and odd repeats run in reverse order so neither side always
+goes first), the minimum over workloads at the default bucket size (target >= 0.9); q1..q3 of the
+paired ratios is the spread. Not timed: the snapshot (pack: copy + sender checksums, reported as
+`pack ms`) and the rollout's swap (`swap ms`); after each timed receive the rollout swaps untimed, as a
+real rollout does at its next generation boundary, which frees the staging buffer for the next version.
 """
 
 from __future__ import annotations
@@ -71,6 +77,15 @@ def _median(xs: list[float]) -> float:
     return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
 
 
+def _quantile(xs: list[float], q: float) -> float:
+    """Linear-interpolated quantile (q in [0, 1])."""
+    xs = sorted(xs)
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
 def _run_workload(comms, specs, bucket_mb: float, repeats: int, version0: int) -> dict:
     import torch
     import torch.distributed as dist
@@ -110,13 +125,23 @@ def _run_workload(comms, specs, bucket_mb: float, repeats: int, version0: int) -
             world.Barrier()
             return _timed(world, lambda: senders[c].send_async(None, version[0]).wait())
         world.Barrier()
-        return _timed(world, lambda: receivers[c].receive())
+        took = _timed(world, lambda: receivers[c].receive())
+        if not (c == "blocksum64" and last[0]):  # a rollout swaps each version; the last one is timed below
+            receivers[c].swap(lambda named_tensors, v: None)
+        return took
 
-    for _ in range(repeats):
-        times["raw"].append(_timed(world, lambda: dist.broadcast(raw, src=leader, group=group)))
-        times["bucketed"].append(bucketed("blocksum64"))
-        times["mpi"].append(_timed(world, lambda: world.Bcast(raw_np, root=leader)))
-        times["nochecksum"].append(bucketed("none"))
+    runs = {"raw": lambda: _timed(world, lambda: dist.broadcast(raw, src=leader, group=group)),
+            "bucketed": lambda: bucketed("blocksum64"),
+            "mpi": lambda: _timed(world, lambda: world.Bcast(raw_np, root=leader)),
+            "nochecksum": lambda: bucketed("none")}
+    order = list(runs)
+    last = [False]
+    for i in range(repeats):
+        last[0] = i == repeats - 1
+        # Odd repeats run the four in reverse: whatever the first run of a repeat pays (cold caches,
+        # a neighbour's burst) falls on each side equally often.
+        for key in (order if i % 2 == 0 else order[::-1]):
+            times[key].append(runs[key]())
     swap_s = 0.0
     if rank != leader:
         def load_weights(named_tensors, v):  # what an engine does: copy into its own parameters
@@ -127,13 +152,15 @@ def _run_workload(comms, specs, bucket_mb: float, repeats: int, version0: int) -
         swap_s = time.perf_counter() - t0
     swap_s = world.allreduce(swap_s, op=MPI.MAX)
     med = {k: _median(v) for k, v in times.items()}
+    # paired: each repeat's raw and bucketed runs are adjacent, so load drift on a shared machine cancels
+    ratios = [r / b for r, b in zip(times["raw"], times["bucketed"])]
     nbytes = plan.total_bytes
     return {
         "bytes": nbytes, "tensors": len(specs), "n_buckets": len(plan.buckets), "bucket_mb": bucket_mb,
         "raw_gbps": nbytes / med["raw"] / 1e9, "bucketed_gbps": nbytes / med["bucketed"] / 1e9,
         "nochecksum_gbps": nbytes / med["nochecksum"] / 1e9, "mpi_bcast_gbps": nbytes / med["mpi"] / 1e9,
-        # paired: each repeat's raw and bucketed runs are adjacent, so load drift on a shared machine cancels
-        "bcast_over_raw": _median([r / b for r, b in zip(times["raw"], times["bucketed"])]), "pack_s": _median(world.bcast(pack_s, root=leader)),
+        "bcast_over_raw": _median(ratios), "ratio_q1": _quantile(ratios, 0.25), "ratio_q3": _quantile(ratios, 0.75),
+        "ratio_min": min(ratios), "ratio_max": max(ratios), "pack_s": _median(world.bcast(pack_s, root=leader)),
         "swap_s": swap_s, "times_s": times, "version": version[0],
     }
 
@@ -151,11 +178,12 @@ def worker(args) -> int:
     layout = plan_layout(MPI.COMM_WORLD.Get_size(), TopologyConfig(trainer_ranks=1))
     comms = Comms.create(layout, DeviceConfig(kind="cpu"))
     default_mb = WeightSyncConfig().bucket_mb
-    sizes = [args.bucket_mb or default_mb] + ([] if args.bucket_mb else [16.0])
+    # the model set also runs with one bucket per 256 MiB (the old default): no overlap of the checksum
+    sizes = [args.bucket_mb or default_mb] + ([] if args.bucket_mb or default_mb == 256 else [256.0])
     results, version = [], 0
     for name, specs in workloads(args.quick).items():
         for mb in sizes if name != "flat-50MiB" else sizes[:1]:
-            r = _run_workload(comms, specs, mb, args.repeats or (5 if args.quick else 5), version)
+            r = _run_workload(comms, specs, mb, args.repeats or (9 if args.quick else 5), version)
             version = r.pop("version")
             r["workload"] = name
             results.append(r)
@@ -201,11 +229,12 @@ def _table(out: dict) -> str:
     rows = [f"weight sync: {out['receivers']} receivers, backend {out['backend']}, "
             f"{'quick' if out['quick'] else 'full'}; GB/s of payload, median of repeats",
             f"{'workload':<20}{'MB':>8}{'buckets':>8}{'raw':>8}{'bucketed':>9}{'no-cksum':>9}{'MPI':>8}"
-            f"{'ratio':>7}{'pack ms':>9}{'swap ms':>9}"]
+            f"{'ratio':>7}{'q1..q3':>11}{'pack ms':>9}{'swap ms':>9}"]
     for r in out["workloads"]:
         rows.append(f"{r['workload']:<20}{r['bytes'] / 1e6:>8.1f}{r['n_buckets']:>8}{r['raw_gbps']:>8.2f}"
                     f"{r['bucketed_gbps']:>9.2f}{r['nochecksum_gbps']:>9.2f}{r['mpi_bcast_gbps']:>8.2f}"
-                    f"{r['bcast_over_raw']:>7.2f}{r['pack_s'] * 1e3:>9.1f}{r['swap_s'] * 1e3:>9.1f}"
+                    f"{r['bcast_over_raw']:>7.2f}{r['ratio_q1']:>6.2f}..{r['ratio_q3']:.2f}"
+                    f"{r['pack_s'] * 1e3:>9.1f}{r['swap_s'] * 1e3:>9.1f}"
                     f"   (bucket_mb={r['bucket_mb']:g})")
     rows.append(f"bcast_over_raw = {out['bcast_over_raw']:.3f} (min over workloads at bucket_mb="
                 f"{out['default_bucket_mb']:g}; target >= 0.9)")
@@ -219,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--ranks", type=int, default=3, help="ranks to launch: 1 trainer leader + N-1 rollout")
     ap.add_argument("--bucket-mb", type=float, default=None, help="bucket bound (default: weights.bucket_mb; "
-                                                                  "the model set also runs at 16)")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5)")
+                                                                  "the model set also runs at 256)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 9 quick, 5 full)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.ranks < 2:

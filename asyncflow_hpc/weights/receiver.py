@@ -1,14 +1,17 @@
 """Rollout side of the weight sync: receive version v+1 in the background, swap it in at a generation boundary.
 
     receiver = WeightReceiver(comms.weight_group, plan, src=leader, rank=rank, cfg=cfg, last_version=0)
-    receiver.start()                        # background thread: header -> checksums -> buckets -> staged
+    receiver.start()                        # background thread: control (header + checksums) -> buckets -> staged
     ... generate with the current weights ...
     if receiver.poll() is not None:         # a newer version is staged (raises the thread's error, if any)
         receiver.swap(engine.load_weights)  # load_weights(named_tensors, version); the only exposed cost
     receiver.close()
 
 Deferred update: the thread writes into a host staging buffer the engine does not read, verifies
-each bucket's checksum while later buckets are still arriving, then marks the version staged. With
+each bucket's checksum while later buckets are still arriving, then marks the version staged. Once it
+has validated one header of the sender, it posts bucket 0 together with each control message (into a
+staging buffer that is neither staged nor being swapped), so the header's round trip is hidden behind
+bucket 0's transfer; the sender's close() follows STOP with bucket 0's bytes, which are dropped. With
 two staging buffers (weights.staging_buffers=2) version v+2 can arrive while v+1 waits for its swap;
 the newest staged version wins and the skipped one is counted. Tensors handed to `apply_fn` are views
 into the staging buffer, valid only during the call: the engine must copy them (load_weights does).
@@ -29,8 +32,8 @@ from asyncflow_hpc.weights.checksum import bucket_checksum
 from asyncflow_hpc.weights.config import WeightSyncConfig
 from asyncflow_hpc.weights.errors import ChecksumError, WaitTimeout, WeightSyncError
 from asyncflow_hpc.weights.flat import FlatBuffer
-from asyncflow_hpc.weights.wire import (HEADER_WORDS, KIND_STOP, Stopped, check_header, decode_header, pipeline,
-                                        wait_work)
+from asyncflow_hpc.weights.wire import (CONTROL_WORDS, HEADER_WORDS, KIND_STOP, Stopped, check_header, control_words,
+                                        decode_header, pipeline, wait_work)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class WeightReceiver:
         self._error: BaseException | None = None
         self._ended = False  # the sender sent STOP
         self._pending: dict[int, RecvStats] = {}
+        self._layout_ok = False  # a header of this sender was validated: bucket 0 may be posted early
 
     # -- main-thread API ------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,28 +174,34 @@ class WeightReceiver:
     def _receive_one(self) -> int | None:
         import torch
 
-        # Header and checksums are posted together (one turnaround); the checksums' size comes from our
-        # own plan, so the header is validated before anything else is trusted.
-        hdr_t, hdr_w = self._post_control(torch.zeros(HEADER_WORDS, dtype=torch.int64))
-        sum_t, sum_w = self._post_control(torch.zeros(2 * len(self.plan.buckets), dtype=torch.int64))
-        wait_work(hdr_w, timeout_s=self.cfg.version_wait_s, rank=self.rank, role=self.role, backend=self.backend,
+        # One fixed-size control message (header + inline checksums). Nothing whose size depends on the
+        # layout is posted before a header of this sender has been validated; after that the layout is
+        # fixed for the rest of the stream (the next message is the same layout, or STOP followed by
+        # bucket 0's bytes), so bucket 0 is posted together with the control message and the header's
+        # turnaround hides behind bucket 0's transfer.
+        n = len(self.plan.buckets)
+        words = torch.zeros(control_words(n), dtype=torch.int64)
+        ctl_t, ctl_w = self._post_control(words[:CONTROL_WORDS])
+        early = self._post_early() if self._layout_ok and n else None
+        wait_work(ctl_w, timeout_s=self.cfg.version_wait_s, rank=self.rank, role=self.role, backend=self.backend,
                   what=f"the header of the next weight version (> {self._newest}) from trainer leader rank "
                        f"{self.src}", stop=self._stop)
-        h = decode_header([int(x) for x in hdr_t.cpu().tolist()])
-        check_header(h, layout_hash=self.plan.layout_hash, n_buckets=len(self.plan.buckets),
-                     total_bytes=self.plan.total_bytes, algorithm=self.cfg.checksum, newest_version=self._newest,
-                     rank=self.rank, role=self.role, src=self.src)
-        if h.kind == KIND_STOP:  # the checksum receive stays pending: nothing follows STOP on this group
+        if self._dev is not None:
+            words[:CONTROL_WORDS].copy_(ctl_t)
+        h = decode_header(words[:HEADER_WORDS].tolist())
+        check_header(h, layout_hash=self.plan.layout_hash, n_buckets=n, total_bytes=self.plan.total_bytes,
+                     algorithm=self.cfg.checksum, newest_version=self._newest, rank=self.rank, role=self.role,
+                     src=self.src)
+        if h.kind == KIND_STOP:
+            self._drain_after_stop(early, h.version)
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
             return None
+        self._layout_ok = True
         t0, t_header = time.perf_counter(), time.monotonic()
-        wait_work(sum_w, timeout_s=self.cfg.timeout_s, rank=self.rank, role=self.role, backend=self.backend,
-                  what=f"bucket checksums from trainer leader rank {self.src}", version=h.version, stop=self._stop)
-        sums = sum_t.cpu()
-        idx = self._free_buffer(h.version)
-        verify_s = self._receive_buckets(self.buffers[idx], sums.tolist(), h.version)
+        idx = early[0] if early is not None and early[0] is not None else self._free_buffer(h.version)
+        verify_s = self._receive_buckets(self.buffers[idx], words, h.version, None if early is None else early[1])
         st = RecvStats(version=h.version, nbytes=self.plan.total_bytes, recv_s=time.perf_counter() - t0,
                        verify_s=verify_s, t_header=t_header, t_staged=time.monotonic())
         with self._cond:
@@ -204,11 +214,39 @@ class WeightReceiver:
             self._cond.notify_all()
         return h.version
 
-    def _post_control(self, cpu_tensor):
+    def _post_early(self) -> tuple[int | None, object] | None:
+        """Post bucket 0 before the header: into the device buffer, or a staging buffer that is neither
+        staged nor being swapped (the main thread only touches those two). None when there is none free."""
+        if self._dev is not None:
+            return None, self._bcast(self._dev[0][: self.plan.buckets[0].nbytes])
+        with self._cond:
+            busy = {self._in_use} | ({self._staged[0]} if self._staged is not None else set())
+            free = [i for i in range(len(self.buffers)) if i not in busy]
+        if not free:  # one buffer, holding an unswapped version: post bucket 0 after the header
+            return None
+        return free[0], self._bcast(self.buffers[free[0]].bucket(0))
+
+    def _drain_after_stop(self, early, version: int) -> None:
+        """A sender that has sent weights follows STOP with bucket 0 (see _receive_one): receive and drop it."""
+        if not self._layout_ok or not self.plan.buckets:
+            return
+        if early is None:  # not posted early: a scratch buffer, so a staged version stays intact
+            import torch
+
+            early = None, self._bcast(torch.empty(self.plan.buckets[0].nbytes, dtype=torch.uint8,
+                                                  device=self.comm_device))
+        wait_work(early[1], timeout_s=self.cfg.timeout_s, rank=self.rank, role=self.role, backend=self.backend,
+                  what=f"bucket 0 after the stop header from trainer leader rank {self.src}", version=version,
+                  stop=self._stop)
+
+    def _bcast(self, tensor):
         import torch.distributed as dist
 
+        return dist.broadcast(tensor, src=self.src, group=self.group, async_op=True)
+
+    def _post_control(self, cpu_tensor):
         t = cpu_tensor if self._dev is None else cpu_tensor.to(self.comm_device)
-        return t, dist.broadcast(t, src=self.src, group=self.group, async_op=True)
+        return t, self._bcast(t)
 
     def _free_buffer(self, version: int) -> int:
         """A staging buffer neither staged nor being swapped (waits for a running swap, with a timeout)."""
@@ -231,21 +269,39 @@ class WeightReceiver:
                                       rank=self.rank, role=self.role)
                 self._cond.wait(min(left, 1.0))
 
-    def _receive_buckets(self, buf: FlatBuffer, sums: list[int], version: int) -> float:
-        import torch.distributed as dist
-
+    def _receive_buckets(self, buf: FlatBuffer, words, version: int, first) -> float:
+        """Buckets in order (bucket 0 may be in flight already: `first`); the checksum overflow, if any,
+        follows bucket 0 on the wire. Bucket k is verified while k+1.. are still arriving."""
         n = len(self.plan.buckets)
         bad: list[int] = []
         verify = [0.0]
+        sums: list[int] = []
+        overflow = None
+
+        def load_sums() -> None:  # once, before the first verify: the overflow (if any) arrives first
+            if overflow is not None:
+                ovf_t, ovf_w = overflow
+                wait_work(ovf_w, timeout_s=self.cfg.timeout_s, rank=self.rank, role=self.role, backend=self.backend,
+                          what=f"overflow bucket checksums from trainer leader rank {self.src}", version=version,
+                          stop=self._stop)
+                if self._dev is not None:
+                    words[CONTROL_WORDS:].copy_(ovf_t)
+            sums.extend(words[HEADER_WORDS: HEADER_WORDS + 2 * n].tolist())
 
         def post(k: int):
+            nonlocal overflow
             target = buf.bucket(k) if self._dev is None else self._dev[k % 2][: self.plan.buckets[k].nbytes]
-            return dist.broadcast(target, src=self.src, group=self.group, async_op=True)
+            work = first if k == 0 and first is not None else self._bcast(target)
+            if k == 0 and words.numel() > CONTROL_WORDS:  # very many buckets: the rest of the checksums
+                overflow = self._post_control(words[CONTROL_WORDS:])
+            return work
 
         def finish(k: int, work) -> None:
             wait_work(work, timeout_s=self.cfg.timeout_s, what=f"bucket {k}/{n} from trainer leader rank {self.src}",
                       rank=self.rank, role=self.role, version=version, bucket=k, backend=self.backend,
                       stop=self._stop)
+            if not sums:
+                load_sums()
             t0 = time.perf_counter()
             data = buf.bucket(k) if self._dev is None else self._dev[k % 2][: self.plan.buckets[k].nbytes]
             got = bucket_checksum(data, self.cfg.checksum)

@@ -10,8 +10,11 @@
 Threading rule: one background thread per sender owns the weight group while a send is in flight;
 `send_async` first waits for the previous send, and no other code may issue collectives on the weight
 group meanwhile (other groups and MPI are fine). The snapshot (`pack`: one copy of the weights into
-the host buffer plus the checksums) runs in the caller's thread, so the caller may change the weights
-as soon as `send_async` returns.
+the host buffer plus the checksums, each bucket's taken as soon as it is full) runs in the caller's
+thread, so the caller may change the weights as soon as `send_async` returns. On the wire (see wire.py):
+one control message, bucket 0, the checksum overflow (only for very many buckets), buckets 1..n-1, all
+posted at once; after a sync has been sent, close() sends STOP followed by bucket 0 (receivers that
+know the layout have bucket 0 posted already).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from asyncflow_hpc.weights.checksum import ALGORITHMS, bucket_checksum
 from asyncflow_hpc.weights.config import WeightSyncConfig
 from asyncflow_hpc.weights.errors import VersionError, WaitTimeout, WeightSyncError
 from asyncflow_hpc.weights.flat import FlatBuffer
-from asyncflow_hpc.weights.wire import KIND_STOP, KIND_WEIGHTS, Header, pipeline, wait_work
+from asyncflow_hpc.weights.wire import (CONTROL_WORDS, HEADER_WORDS, KIND_STOP, KIND_WEIGHTS, Header, control_words,
+                                        pipeline, wait_work)
 
 
 @dataclass
@@ -78,7 +82,10 @@ class WeightSender:
         self.cfg = cfg or WeightSyncConfig()
         self.backend = backend or str(dist.get_backend(group))
         self.flat = FlatBuffer(plan, "cpu", pin=comm_device != "cpu")
-        self.checksums = torch.zeros(2 * len(plan.buckets), dtype=torch.int64)
+        # Header + checksums in one int64 buffer: words [0, CONTROL_WORDS) travel as the one control
+        # message of a sync, the rest (only for very many buckets) as its overflow.
+        self.control = torch.zeros(control_words(len(plan.buckets)), dtype=torch.int64)
+        self.checksums = self.control[HEADER_WORDS: HEADER_WORDS + 2 * len(plan.buckets)]
         self.comm_device = comm_device
         biggest = max((b.nbytes for b in plan.buckets), default=0)
         # Off the host (NCCL/HCCL) buckets go through two device buffers; on CPU they are sent in place.
@@ -89,6 +96,7 @@ class WeightSender:
         self._corrupt_next: int | None = None
         self._closed = False
         self._packed_s: float | None = None
+        self._sent_weights = False
 
     # -- snapshot -------------------------------------------------------------------------------
     def pack(self, named: Iterable[tuple[str, object]]) -> float:
@@ -96,10 +104,14 @@ class WeightSender:
 
         Waits first for a send still in flight: its bytes live in the same buffer.
         """
+        import torch
+
         self._finish_previous()
         t0 = time.perf_counter()
         names = []
         index = {p.name: i for i, p in enumerate(self.plan.tensors)}
+        buckets = self.plan.buckets
+        sums: list[int] = []  # (s1, s2) per bucket, taken as soon as a bucket is full: its tail is still in cache
         for name, tensor in named:
             names.append(name)
             i = index.get(name)
@@ -111,13 +123,18 @@ class WeightSender:
                                       f"weight plan says {spec.dtype}{list(spec.shape)}; rebuild the plan "
                                       "from the model being sent", rank=self.rank, role=self.role)
             self.flat.tensor(i).copy_(tensor.detach())
+            if i == len(names) - 1:  # in plan order so far: buckets before the next tensor are complete
+                filled = self.plan.tensors[i + 1].offset if i + 1 < len(self.plan.tensors) else self.plan.total_bytes
+                while len(sums) < 2 * len(buckets) and buckets[len(sums) // 2].end <= filled:
+                    sums.extend(bucket_checksum(self.flat.bucket(len(sums) // 2), self.cfg.checksum))
         diff = check_named(self.plan, names)
         if diff:
             raise WeightSyncError(f"named tensors given to the weight sender differ from the plan: {diff}",
                                   rank=self.rank, role=self.role)
-        for k in range(len(self.plan.buckets)):
-            s1, s2 = bucket_checksum(self.flat.bucket(k), self.cfg.checksum)
-            self.checksums[2 * k], self.checksums[2 * k + 1] = s1, s2
+        while len(sums) < 2 * len(buckets):  # a layout without tensors, or trailing empty tensors
+            sums.extend(bucket_checksum(self.flat.bucket(len(sums) // 2), self.cfg.checksum))
+        if sums:
+            self.checksums.copy_(torch.tensor(sums, dtype=torch.int64))
         if self._corrupt_next is not None:  # test hook: damage a bucket AFTER its checksum was taken
             b = self.plan.buckets[self._corrupt_next]
             self.flat.data[b.start + b.nbytes // 2] ^= 0x5A
@@ -170,6 +187,12 @@ class WeightSender:
         self._closed = True
         self._header(Header(kind=KIND_STOP, version=self._last_version or 0, layout_hash=self.plan.layout_hash,
                             n_buckets=0, total_bytes=0, algorithm=0), what="stop header delivery to rollout ranks")
+        if self._sent_weights and self.plan.buckets:
+            # Receivers that have seen our layout post bucket 0 together with each control message:
+            # complete that collective (its bytes are dropped) so nothing stays pending on the group.
+            n0 = self.plan.buckets[0].nbytes
+            data = self.flat.bucket(0) if self._dev is None else self._dev[0][:n0]
+            self._wait(self._post(data), what="bucket 0 after the stop header", version=self._last_version)
 
     def _finish_previous(self) -> None:
         if self._handle is not None:
@@ -187,11 +210,13 @@ class WeightSender:
             h = Header(kind=KIND_WEIGHTS, version=version, layout_hash=self.plan.layout_hash,
                        n_buckets=len(self.plan.buckets), total_bytes=self.plan.total_bytes,
                        algorithm=ALGORITHMS[self.cfg.checksum])
-            # Header, checksums and (on the host) every bucket are posted at once and awaited in order:
-            # no round trip between them. Receivers validate the header before posting the buckets.
-            control = [(self._post(self._control(torch.tensor(h.encode(), dtype=torch.int64))),
-                        "header delivery to rollout ranks"),
-                       (self._post(self._control(self.checksums)), "checksum delivery to rollout ranks")]
+            self.control[:HEADER_WORDS] = torch.tensor(h.encode(), dtype=torch.int64)
+            # One control message (header + checksums), any overflow and (on the host) every bucket are
+            # posted at once and awaited in order: no round trip between them. Receivers validate the
+            # header before posting anything else.
+            control = [(self._post(self._control(self.control[:CONTROL_WORDS])),
+                        "header and checksum delivery to rollout ranks")]
+            self._sent_weights = True  # from now on receivers may post bucket 0 before the header
             self._send_buckets(version, control)
             handle.stats = SendStats(version=version, nbytes=self.plan.total_bytes, n_buckets=len(self.plan.buckets),
                                      pack_s=pack_s, send_s=time.perf_counter() - t0)
@@ -205,7 +230,9 @@ class WeightSender:
     def _header(self, h: Header, *, what: str, version: int | None = None) -> None:
         import torch
 
-        work = self._post(self._control(torch.tensor(h.encode(), dtype=torch.int64)))
+        words = torch.zeros(CONTROL_WORDS, dtype=torch.int64)
+        words[:HEADER_WORDS] = torch.tensor(h.encode(), dtype=torch.int64)
+        work = self._post(self._control(words))
         self._wait(work, what=what, version=version)
 
     def _post(self, tensor):
@@ -227,10 +254,15 @@ class WeightSender:
 
         def post(k: int):
             if self._dev is None:
-                return self._post(self.flat.bucket(k))
-            buf = self._dev[k % 2][: self.plan.buckets[k].nbytes]
-            buf.copy_(self.flat.bucket(k), non_blocking=True)
-            return self._post(buf)
+                work = self._post(self.flat.bucket(k))
+            else:
+                buf = self._dev[k % 2][: self.plan.buckets[k].nbytes]
+                buf.copy_(self.flat.bucket(k), non_blocking=True)
+                work = self._post(buf)
+            if k == 0 and self.control.numel() > CONTROL_WORDS:  # the overflow follows bucket 0 on the wire
+                control.append((self._post(self._control(self.control[CONTROL_WORDS:])),
+                                "overflow checksum delivery to rollout ranks"))
+            return work
 
         def finish(k: int, work) -> None:
             wait_control()

@@ -1,13 +1,24 @@
 """Wire format of one weight sync and the timed wait every collective goes through.
 
 One sync over the weight group (trainer leader = broadcast source):
-    1. header     int64[8]   MAGIC, kind (WEIGHTS | STOP), version, layout hash, n_buckets, total bytes,
-                             checksum algorithm, reserved            -- fixed size, always safe to receive
-    2. checksums  int64[2n]  (s1, s2) of every bucket                -- size checked by the header first
-    3. buckets    uint8[...] bucket k = bytes [start_k, end_k) of the flat layout, in order
-The receiver validates the header (magic, layout hash, bucket count, size, algorithm, monotone
-version) before it posts anything whose size depends on the layout, so a mismatch is a named error,
-never a size-mismatched collective.
+    1. control   int64[CONTROL_WORDS]  fixed size (4 KiB), always safe to receive:
+                 words 0..7   MAGIC, kind (WEIGHTS | STOP), version, layout hash, n_buckets, total bytes,
+                              checksum algorithm, reserved
+                 words 8..    (s1, s2) of bucket 0, 1, ... -- the first INLINE_SUMS buckets
+    2. bucket 0  uint8[...] bytes [start_0, end_0) of the flat layout
+    3. overflow  int64[2 (n - INLINE_SUMS)]  checksums of the later buckets; only when n > INLINE_SUMS
+                 (> ~8 GB at the default bucket size)
+    4. buckets   1..n-1 in order
+    A stream ends with a control message of kind STOP, followed by bucket 0 once a WEIGHTS sync was sent.
+One control message per sync, not a header and a checksum message: every collective costs a wake-up of
+the gloo threads on every rank (0.4-7 ms each on this loaded 2-core machine), and its fixed size means
+a receiver never posts a layout-dependent size before it has validated a header (magic, layout hash,
+bucket count, size, algorithm, monotone version), so a mismatch is a named error, never a
+size-mismatched collective. After the first validated header the layout is fixed for the stream, so
+receivers post bucket 0 together with the control message and the header's round trip (one wake-up of
+every rank) overlaps bucket 0's transfer instead of delaying it. `control_words(n)` words hold header
++ all checksums contiguously: checksum k sits at words HEADER_WORDS + 2k, +1 (`sum_slice(k)`), whether it
+travels inline or in the overflow.
 
 `wait_work` is the only way this package waits on a collective: the wait is cut into slices so a stop
 request is noticed, and the deadline raises errors.WaitTimeout naming rank, role, version, bucket and
@@ -27,6 +38,8 @@ from asyncflow_hpc.weights.errors import LayoutMismatchError, VersionError, Wait
 
 MAGIC = 0x415346_57474854  # "ASF" "WGHT"
 HEADER_WORDS = 8
+CONTROL_WORDS = 512  # 4 KiB: the header and the checksums of up to INLINE_SUMS buckets
+INLINE_SUMS = (CONTROL_WORDS - HEADER_WORDS) // 2
 KIND_WEIGHTS = 1
 KIND_STOP = 2
 WAIT_SLICE_S = 0.5
@@ -48,9 +61,20 @@ class Header:
                 self.algorithm, 0]
 
 
+def control_words(n_buckets: int) -> int:
+    """Words of header + checksums of `n_buckets` buckets: the control message plus any overflow."""
+    return CONTROL_WORDS + 2 * max(0, n_buckets - INLINE_SUMS)
+
+
+def sum_slice(k: int) -> slice:
+    """Where bucket k's (s1, s2) live in the control words."""
+    return slice(HEADER_WORDS + 2 * k, HEADER_WORDS + 2 * k + 2)
+
+
 def decode_header(words: list[int]) -> Header:
-    if len(words) != HEADER_WORDS:
+    if len(words) < HEADER_WORDS:
         raise ValueError(f"header has {len(words)} words, expected {HEADER_WORDS}")
+    words = words[:HEADER_WORDS]
     kind = words[1] if words[0] == MAGIC else -1  # a bad magic is reported as a garbled header
     return Header(kind=kind, version=words[2], layout_hash=words[3], n_buckets=words[4],
                   total_bytes=words[5], algorithm=words[6])

@@ -1,4 +1,4 @@
-"""Weight sync on 3 real MPI ranks (trainer leader + 2 rollout): round trip, checksum, layout, timeout."""
+"""Weight sync on 3 real MPI ranks (trainer leader + 2 rollout): round trip, checksum, overflow, single buffer, layout, timeout."""
 
 from __future__ import annotations
 
@@ -46,6 +46,22 @@ def test_corrupted_bucket_is_detected_and_stream_stays_in_step(results):
         assert err["bucket"] == 2 and err["version"] == 1
         assert f"rank {rank}" in err["msg"] and "rollout" in err["msg"] and "bucket 2" in err["msg"]
         assert r["after"] == 2 and r["exact_after"] == [True]
+
+
+def test_checksums_beyond_the_control_message_travel_in_the_overflow(results):
+    leader = results[("overflow", 0)]
+    assert leader["n_buckets"] > leader["inline"] + 8
+    for rank in (1, 2):
+        r = results[("overflow", rank)]
+        assert r["error"] == {"type": "ChecksumError", "bucket": leader["bad"], "version": 1}
+        assert r["after"] == 2 and r["exact_after"] == [True]
+
+
+def test_single_staging_buffer_keeps_the_staged_version_intact(results):
+    for rank in (1, 2):
+        r = results[("single", rank)]
+        assert r["got"] == [1, 2, 3, None]  # None: the sender's close() ended the stream cleanly
+        assert r["exact"] == [[1, True], [3, True]] and r["skipped"] == 1
 
 
 def test_layout_mismatch_is_named(results):

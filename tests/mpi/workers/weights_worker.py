@@ -128,6 +128,59 @@ def corrupt(group, rank: int) -> None:
     emit(rank, "corrupt", error=err, after=after, exact_after=got)
 
 
+def overflow(group, rank: int) -> None:
+    """More buckets than the control message holds checksums for: the rest travel in the overflow message."""
+    from asyncflow_hpc.weights.wire import INLINE_SUMS
+
+    small = [(n, t) for n, t in weights(0) if t.numel() * t.element_size() <= 1_100_000]  # ~1.2 MB
+    cfg = WeightSyncConfig(bucket_mb=4 / 1024, timeout_s=30, version_wait_s=30)  # 4 KiB buckets
+    plan = plan_for(small, cfg)
+    bad_bucket = INLINE_SUMS + 7  # a bucket whose checksum travels in the overflow
+    assert len(plan.buckets) > bad_bucket + 1, plan.describe()
+    pick = lambda v: [(n, t) for n, t in weights(v) if n in dict(small)]  # noqa: E731
+    if rank == 0:
+        sender = WeightSender(group, plan, src=0, rank=0, cfg=cfg)
+        sender.inject_corruption(bad_bucket)
+        sender.send(pick(1), 1)
+        sender.send(pick(2), 2)
+        emit(rank, "overflow", n_buckets=len(plan.buckets), inline=INLINE_SUMS, bad=bad_bucket)
+        return
+    recv = WeightReceiver(group, plan, src=0, rank=rank, cfg=cfg, last_version=0)
+    err = None
+    try:
+        recv.receive()
+    except ChecksumError as exc:
+        err = {"type": type(exc).__name__, "bucket": exc.bucket, "version": exc.version}
+    after = recv.receive()
+    got = []
+    recv.swap(lambda named, v: got.append(all(torch.equal(bits(t), bits(w)) for (_, t), (_, w) in zip(named, pick(v)))))
+    emit(rank, "overflow", error=err, after=after, exact_after=got)
+
+
+def single(group, rank: int) -> None:
+    """One staging buffer holding an unswapped version: bucket 0 cannot be posted early (it would clobber
+    the staged copy), so the receiver posts it after the header, and drains STOP's bucket 0 into scratch."""
+    cfg = WeightSyncConfig(bucket_mb=1.0, timeout_s=30, version_wait_s=30, staging_buffers=1)
+    plan = plan_for(weights(0), cfg)
+    if rank == 0:
+        sender = WeightSender(group, plan, src=0, rank=0, cfg=cfg)
+        for v in (1, 2, 3):
+            sender.send(weights(v), v)
+        sender.close()
+        emit(rank, "single", sent=[1, 2, 3])
+        return
+    recv = WeightReceiver(group, plan, src=0, rank=rank, cfg=cfg, last_version=0)
+    exact = []
+    check = lambda named, v: exact.append(  # noqa: E731
+        (v, all(torch.equal(bits(t), bits(w)) for (_, t), (_, w) in zip(named, weights(v)))))
+    got = [recv.receive()]
+    recv.swap(check)  # v1 swapped: nothing staged, so v2's bucket 0 goes early
+    got += [recv.receive(), recv.receive()]  # v3 arrives while v2 is staged and unswapped: not early
+    got.append(recv.receive())  # STOP (+ bucket 0 into scratch: v3 stays staged)
+    recv.swap(check)
+    emit(rank, "single", got=got, exact=exact, skipped=recv.skipped_versions)
+
+
 def layout(group, rank: int) -> None:
     cfg = WeightSyncConfig(bucket_mb=1.0, timeout_s=3, version_wait_s=30)
     if rank == 0:
@@ -174,12 +227,14 @@ def main(argv: list[str]) -> int:
     comms = Comms.create(layout_, DeviceConfig(kind="cpu", dist_timeout_s=120))
     rank = comms.rank
     torch.set_num_threads(1)
-    scenarios = argv or ["roundtrip", "corrupt", "layout", "timeout"]
+    scenarios = argv or ["roundtrip", "corrupt", "overflow", "single", "layout", "timeout"]
     for name in scenarios:
         # A fresh group per scenario: new_group is collective over the default group, so every rank calls it.
         group = comms.weight_group if name == "roundtrip" else dist.new_group(list(layout_.weight_group()))
         {"roundtrip": lambda: roundtrip(comms, group, rank), "corrupt": lambda: corrupt(group, rank),
-         "layout": lambda: layout(group, rank), "timeout": lambda: timeout(group, rank)}[name]()
+         "overflow": lambda: overflow(group, rank), "single": lambda: single(group, rank),
+         "layout": lambda: layout(group, rank),
+         "timeout": lambda: timeout(group, rank)}[name]()
         world.Barrier()
     comms.close()
     return 0

@@ -11,8 +11,9 @@ from asyncflow_hpc.errors import ConfigError, WaitTimeout
 from asyncflow_hpc.weights.buckets import TensorSpec, plan_buckets
 from asyncflow_hpc.weights.config import WeightSyncConfig
 from asyncflow_hpc.weights.errors import LayoutMismatchError, VersionError, WeightSyncError
-from asyncflow_hpc.weights.wire import (KIND_STOP, KIND_WEIGHTS, MAGIC, Header, Stopped, check_header,
-                                        decode_header, pipeline, wait_work)
+from asyncflow_hpc.weights.wire import (CONTROL_WORDS, HEADER_WORDS, INLINE_SUMS, KIND_STOP, KIND_WEIGHTS, MAGIC,
+                                        Header, Stopped, check_header, control_words, decode_header, pipeline,
+                                        sum_slice, wait_work)
 
 torch = pytest.importorskip("torch")
 
@@ -98,6 +99,46 @@ def test_header_round_trip_and_checks():
     check(_hdr(kind=KIND_STOP, version=0)[0], plan)  # STOP passes whatever the version
 
 
+def test_control_message_is_fixed_size_and_checksums_are_contiguous():
+    assert control_words(0) == control_words(INLINE_SUMS) == CONTROL_WORDS  # independent of the layout
+    assert control_words(INLINE_SUMS + 3) == CONTROL_WORDS + 6
+    assert sum_slice(0) == slice(HEADER_WORDS, HEADER_WORDS + 2)
+    assert sum_slice(INLINE_SUMS - 1).stop == CONTROL_WORDS == sum_slice(INLINE_SUMS).start  # inline | overflow
+    h, _ = _hdr()
+    words = h.encode() + [7] * (CONTROL_WORDS - HEADER_WORDS)
+    assert decode_header(words) == h  # the header is read from the front of the control message
+    with pytest.raises(ValueError):
+        decode_header(words[:HEADER_WORDS - 1])
+
+
+def _sender(named, bucket_mb):
+    from asyncflow_hpc.weights.sender import WeightSender
+
+    plan = plan_for(named, WeightSyncConfig(bucket_mb=bucket_mb))
+    # backend given: no process group is touched until a send
+    return WeightSender(None, plan, src=0, rank=0, cfg=WeightSyncConfig(bucket_mb=bucket_mb), backend="gloo")
+
+
+def test_pack_checksums_every_bucket_as_it_fills():
+    g = torch.Generator().manual_seed(3)
+    named = [("a", torch.randn(300, generator=g)), ("big", torch.randn(5000, generator=g)),
+             ("e", torch.zeros(0)), ("c", torch.randn(7, generator=g).half()), ("z", torch.zeros(0))]
+    sender = _sender(named, bucket_mb=4096 / 2**20)  # 4 KiB buckets: 'big' (20 KB) is split
+    assert len(sender.plan.buckets) > 5
+    sender.pack(named)
+    for k in range(len(sender.plan.buckets)):
+        want = bucket_checksum(sender.flat.bucket(k), "blocksum64")
+        assert tuple(sender.control[sum_slice(k)].tolist()) == want != (0, 0)
+    assert all(torch.equal(dict(sender.flat.named())[n], t) for n, t in named)
+
+
+def test_pack_rejects_names_out_of_plan_order():
+    named = [("a", torch.randn(600)), ("b", torch.randn(600))]
+    sender = _sender(named, bucket_mb=2048 / 2**20)
+    with pytest.raises(WeightSyncError, match="different order"):
+        sender.pack(named[::-1])
+
+
 class FakeWork:
     """Stands in for a c10d Work: completes after `after` seconds (never, if None)."""
 
@@ -166,7 +207,7 @@ def test_pipeline_order_and_depth():
 
 
 def test_config_checks():
-    assert WeightSyncConfig().bucket_bytes == 256 * 2**20
+    assert WeightSyncConfig().bucket_bytes == 32 * 2**20
     for bad in (dict(bucket_mb=0), dict(timeout_s=-1), dict(staging_buffers=3), dict(stagger_groups=0),
                 dict(version_wait_s=0)):
         with pytest.raises(ConfigError, match=next(iter(bad))):
