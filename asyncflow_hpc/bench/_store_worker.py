@@ -20,10 +20,12 @@ PROMPT, RESPONSE = 512, 1024
 
 
 def sbarrier(comm) -> None:
-    """A barrier that sleeps instead of spinning (ranks share 2 cores with the measured ones)."""
-    req = comm.Ibarrier()
+    """A barrier that sleeps instead of spinning, backing off to 5 ms: ranks waiting here share the
+    cores with the measured ones and must not steal their cycles."""
+    req, pause = comm.Ibarrier(), 2e-4
     while not req.Test():
-        time.sleep(2e-4)
+        time.sleep(pause)
+        pause = min(2 * pause, 5e-3)
 
 
 def grpo_schema():

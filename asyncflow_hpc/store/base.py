@@ -15,6 +15,7 @@ import numpy as np
 
 from asyncflow_hpc.errors import WaitTimeout
 from asyncflow_hpc.store.batch import Batch, Packed
+from asyncflow_hpc.store.bufpool import BufferPool
 from asyncflow_hpc.store.config import StoreConfig
 from asyncflow_hpc.store.control import END, Claim, Lease, Placement
 from asyncflow_hpc.store.schema import EndOfStream, RowMeta, Schema, Validated, chunk_layout
@@ -49,6 +50,14 @@ class StoreBase:
     unit_bytes: int = 0
     leasing: bool = False  # transports with a round trip per control call (RMA) place puts in leases
     _lease: Lease | None = None
+    _pool: BufferPool | None = None
+
+    @property
+    def pool(self) -> BufferPool:
+        """Recycled memory for the big arrays gets return (store.recv_pool_mb)."""
+        if self._pool is None:
+            self._pool = BufferPool(int(self.cfg.recv_pool_mb * 2**20))
+        return self._pool
 
     # ---- waiting -----------------------------------------------------------------------------
     def _wait(self, attempt: Callable[[float], Any], timeout: float | None, what: Callable[[], str]) -> Any:
@@ -216,10 +225,10 @@ class StoreBase:
             if col.var:
                 offsets = np.zeros(m + 1, dtype=np.int64)
                 np.cumsum(claim.count[:, j], out=offsets[1:])
-                arr = np.empty((int(offsets[-1]), *col.shape), dtype=col.dtype)
+                arr = self.pool.empty((int(offsets[-1]), *col.shape), col.dtype)
                 cols[col.name] = Packed(arr, offsets)
             else:
-                arr = np.empty((m, *col.shape), dtype=col.dtype)
+                arr = self.pool.empty((m, *col.shape), col.dtype)
                 cols[col.name] = arr
             flat = as_bytes(arr)
             dst = np.zeros(m + 1, dtype=np.int64)

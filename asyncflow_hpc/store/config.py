@@ -22,6 +22,8 @@ class StoreConfig:
                           "half of the free space per producer, so a nearly full store still admits every producer; "
                           "0 = one round trip per put.")
     lease_rows: int = opt(256, "Row slots a producer reserves at once (at least 4 puts' worth; same cap as lease_mb).")
+    recv_pool_mb: float = opt(256.0, "Memory a consumer keeps for reuse by the arrays its gets return (each >= 1 MiB): "
+                              "a recycled buffer is already paged in, a fresh one page-faults on every 4 KiB. 0 = off.")
     timeout_s: float = opt(300.0, "Timeout of blocking put/get; the error names rank, role and what it waited for.")
     poll_min_s: float = opt(5e-5, "First back-off sleep of a waiting put/get or of an idle controller.")
     poll_max_s: float = opt(2e-3, "Longest back-off sleep of a waiting put/get or of an idle controller.")
@@ -51,6 +53,8 @@ class StoreConfig:
         if self.spin_s < 0 or self.ctrl_poll_max_s < self.poll_min_s:
             raise fail("spin_s", f"need spin_s >= 0 and ctrl_poll_max_s >= poll_min_s, got {self.spin_s}, "
                                  f"{self.ctrl_poll_max_s}")
+        if self.recv_pool_mb < 0:
+            raise fail("recv_pool_mb", f"must be >= 0, got {self.recv_pool_mb}")
         if self.lease_mb < 0 or self.lease_rows < 1:
             raise fail("lease_mb", f"need lease_mb >= 0 and lease_rows >= 1, got {self.lease_mb}, {self.lease_rows}")
         if self.progress_interval_s <= 0:

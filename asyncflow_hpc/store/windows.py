@@ -46,6 +46,20 @@ class DataWindow:
             mem, _ = self.win.Shared_query(r)
             if len(mem):
                 self.views[r] = np.frombuffer(mem, dtype=np.uint8)
+        self._prefault(comm)
+
+    def _prefault(self, comm: Any) -> None:
+        """Page the units in now, not on the first pass of puts: a first write to a shared-memory page
+        allocates and zeroes it (measured ~4 us per 4 KiB page: puts into new pages ran at 0.9 GB/s),
+        and each other rank's first access maps it. The owner writes a byte per page, then every rank
+        reads one per page of every unit (collective)."""
+        page = 4096
+        own = self.views.get(comm.Get_rank())
+        if own is not None:
+            own[::page] = 0
+        comm.Barrier()
+        for view in self.views.values():
+            int(view[::page].sum())
 
     @contextmanager
     def epoch(self) -> Iterator["DataWindow"]:
