@@ -106,15 +106,15 @@ def roundtrip(comms: Comms, group, rank: int, versions: int = 3) -> None:
          verify_s=[s.verify_s for s in recv.stats], skipped=recv.skipped_versions)
 
 
-def corrupt(group, rank: int) -> None:
-    cfg = WeightSyncConfig(bucket_mb=1.0, timeout_s=30, version_wait_s=30)
-    plan = plan_for(weights(0), cfg)
+def _corrupt_then_next(group, rank: int, name: str, plan, cfg, bad: int, pick, **info) -> None:
+    """Version 1 with bucket `bad` damaged after its checksum was taken, then version 2: the receiver
+    names the bad bucket and still receives version 2 bit-exact (the stream stays in step)."""
     if rank == 0:
         sender = WeightSender(group, plan, src=0, rank=0, cfg=cfg)
-        sender.inject_corruption(2)
-        sender.send(weights(1), 1)
-        sender.send(weights(2), 2)  # the stream stays in step after a bad bucket
-        emit(rank, "corrupt", sent=[1, 2])
+        sender.inject_corruption(bad)
+        sender.send(pick(1), 1)
+        sender.send(pick(2), 2)
+        emit(rank, name, sent=[1, 2], **info)
         return
     recv = WeightReceiver(group, plan, src=0, rank=rank, cfg=cfg, last_version=0)
     err = None
@@ -124,8 +124,13 @@ def corrupt(group, rank: int) -> None:
         err = {"type": type(exc).__name__, "msg": str(exc), "bucket": exc.bucket, "version": exc.version}
     after = recv.receive()
     got = []
-    recv.swap(lambda named, v: got.append(all(torch.equal(bits(t), bits(w)) for (_, t), (_, w) in zip(named, weights(v)))))
-    emit(rank, "corrupt", error=err, after=after, exact_after=got)
+    recv.swap(lambda named, v: got.append(all(torch.equal(bits(t), bits(w)) for (_, t), (_, w) in zip(named, pick(v)))))
+    emit(rank, name, error=err, after=after, exact_after=got)
+
+
+def corrupt(group, rank: int) -> None:
+    cfg = WeightSyncConfig(bucket_mb=1.0, timeout_s=30, version_wait_s=30)
+    _corrupt_then_next(group, rank, "corrupt", plan_for(weights(0), cfg), cfg, 2, weights)
 
 
 def overflow(group, rank: int) -> None:
@@ -137,24 +142,10 @@ def overflow(group, rank: int) -> None:
     plan = plan_for(small, cfg)
     bad_bucket = INLINE_SUMS + 7  # a bucket whose checksum travels in the overflow
     assert len(plan.buckets) > bad_bucket + 1, plan.describe()
-    pick = lambda v: [(n, t) for n, t in weights(v) if n in dict(small)]  # noqa: E731
-    if rank == 0:
-        sender = WeightSender(group, plan, src=0, rank=0, cfg=cfg)
-        sender.inject_corruption(bad_bucket)
-        sender.send(pick(1), 1)
-        sender.send(pick(2), 2)
-        emit(rank, "overflow", n_buckets=len(plan.buckets), inline=INLINE_SUMS, bad=bad_bucket)
-        return
-    recv = WeightReceiver(group, plan, src=0, rank=rank, cfg=cfg, last_version=0)
-    err = None
-    try:
-        recv.receive()
-    except ChecksumError as exc:
-        err = {"type": type(exc).__name__, "bucket": exc.bucket, "version": exc.version}
-    after = recv.receive()
-    got = []
-    recv.swap(lambda named, v: got.append(all(torch.equal(bits(t), bits(w)) for (_, t), (_, w) in zip(named, pick(v)))))
-    emit(rank, "overflow", error=err, after=after, exact_after=got)
+    names = dict(small)
+    _corrupt_then_next(group, rank, "overflow", plan, cfg, bad_bucket,
+                       lambda v: [(n, t) for n, t in weights(v) if n in names],
+                       n_buckets=len(plan.buckets), inline=INLINE_SUMS, bad=bad_bucket)
 
 
 def single(group, rank: int) -> None:
