@@ -106,12 +106,12 @@ def roundtrip(comms: Comms, group, rank: int, versions: int = 3) -> None:
          verify_s=[s.verify_s for s in recv.stats], skipped=recv.skipped_versions)
 
 
-def _corrupt_then_next(group, rank: int, name: str, plan, cfg, bad: int, pick, **info) -> None:
-    """Version 1 with bucket `bad` damaged after its checksum was taken, then version 2: the receiver
+def _corrupt_then_next(group, rank: int, name: str, plan, cfg, damaged: int, pick, **info) -> None:
+    """Version 1 with bucket `damaged` corrupted after its checksum was taken, then version 2: the receiver
     names the bad bucket and still receives version 2 bit-exact (the stream stays in step)."""
     if rank == 0:
         sender = WeightSender(group, plan, src=0, rank=0, cfg=cfg)
-        sender.inject_corruption(bad)
+        sender.inject_corruption(damaged)
         sender.send(pick(1), 1)
         sender.send(pick(2), 2)
         emit(rank, name, sent=[1, 2], **info)
