@@ -8,8 +8,14 @@ distribution as in reasoning RL. Sleeping ranks do not use the cores, so the wal
 pipeline (who waits for whom), not the host. The cost model, not the tiny model, sets the pace:
 benchmarks that use it say so in their output.
 
-Cost model (seconds):
-  generate one prompt group = prefill_s + decode_s_per_token * max(virtual length in the group)
+Host overrun: a call whose real host work takes longer than its emulated device time is not padded,
+and the excess is host contention, not device time (e.g. 4 colocated ranks all computing on 2 cores).
+Each wrapper adds that excess to `overrun_s`; the workflows report it per role and `bench e2e` warns
+when it is a noticeable share of the loop, since it biases the comparison towards whichever mode
+computes on fewer ranks at once.
+
+Cost model (seconds, all multiplied by time_scale):
+  generate call (one or more prompt groups, batched) = prefill_s + decode_s_per_token * max(virtual lengths)
   train step                = step_overhead_s + train_s_per_token * sum(virtual lengths) / dp
 """
 
@@ -36,8 +42,12 @@ class EmulationConfig:
     length_mu: float = opt(3.0, "Virtual response length ~ lognormal(mu, sigma), tokens.")
     length_sigma: float = opt(1.0, "Lognormal sigma of virtual response lengths (the long tail).")
     length_max: int = opt(1024, "Cap of the virtual response length.")
+    time_scale: float = opt(1.0, "Multiplies every emulated time: larger values make device time dominate host "
+                                 "contention (the sync/async ratio of the cost model does not depend on it).")
 
     def __post_init__(self) -> None:
+        if self.time_scale <= 0:
+            raise fail("time_scale", f"must be > 0, got {self.time_scale}")
         for name in ("prefill_s", "decode_s_per_token", "train_s_per_token", "step_overhead_s", "length_sigma"):
             if getattr(self, name) < 0:
                 raise fail(name, f"must be >= 0, got {getattr(self, name)}")
@@ -52,17 +62,23 @@ def virtual_length(cfg: EmulationConfig, seed: int) -> int:
 
 
 def group_time(cfg: EmulationConfig, seeds: Iterable[int]) -> float:
-    return cfg.prefill_s + cfg.decode_s_per_token * max(virtual_length(cfg, s) for s in seeds)
+    """Device time of one generate call: prefill, then decode until its longest response ends (batched)."""
+    return cfg.time_scale * (cfg.prefill_s + cfg.decode_s_per_token * max(virtual_length(cfg, s) for s in seeds))
 
 
 def train_time(cfg: EmulationConfig, seeds: Iterable[int], dp: int) -> float:
-    return cfg.step_overhead_s + cfg.train_s_per_token * sum(virtual_length(cfg, s) for s in seeds) / max(dp, 1)
+    """Device time of one train step over these rows on each of `dp` data-parallel devices."""
+    tokens = sum(virtual_length(cfg, s) for s in seeds)
+    return cfg.time_scale * (cfg.step_overhead_s + cfg.train_s_per_token * tokens / max(dp, 1))
 
 
-def _pad(started: float, target_s: float) -> None:
+def _pad(started: float, target_s: float) -> float:
+    """Sleep until `target_s` after `started`; returns the host overrun (seconds past the target)."""
     left = target_s - (time.perf_counter() - started)
     if left > 0:
         time.sleep(left)
+        return 0.0
+    return -left
 
 
 class EmulatedRollout:
@@ -70,6 +86,7 @@ class EmulatedRollout:
 
     def __init__(self, inner: Any, cfg: EmulationConfig):
         self.inner, self.cfg = inner, cfg
+        self.overrun_s = 0.0  # host time beyond the emulated device time, summed over calls
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -86,7 +103,7 @@ class EmulatedRollout:
         t = time.perf_counter()
         out = self.inner.generate(prompts, params, seeds)
         if not params.greedy:  # evaluation is not part of the emulated pipeline
-            _pad(t, group_time(self.cfg, seeds))
+            self.overrun_s += _pad(t, group_time(self.cfg, seeds))
         return out
 
     def load_weights(self, named_tensors, version: int) -> None:
@@ -98,6 +115,7 @@ class EmulatedTrainer:
 
     def __init__(self, inner: Any, cfg: EmulationConfig, run_seed: int, prompts_per_step: int, dp: int):
         self.inner, self.cfg, self.run_seed, self.P, self.dp = inner, cfg, run_seed, prompts_per_step, dp
+        self.overrun_s = 0.0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -108,5 +126,5 @@ class EmulatedTrainer:
         t = time.perf_counter()
         out = self.inner.train_step(rows)
         seeds = [derive_seed(self.run_seed, r.prompt_id // self.P, r.prompt_id, r.sample_index) for r in rows]
-        _pad(t, train_time(self.cfg, seeds, self.dp))
+        self.overrun_s += _pad(t, train_time(self.cfg, seeds, self.dp))
         return out

@@ -27,6 +27,12 @@ from asyncflow_hpc.topology.roles import Role
 from asyncflow_hpc.workflow import common
 from asyncflow_hpc.workflow.metrics import RoleClock, record_rows, record_step, span
 
+# The trainer leader waits for a batch in slices this long; between slices it feeds a replacement
+# prompt for each group the store discarded as too stale. A replacement fed late idles the rollout
+# ranks and then the trainer (a 1 s slice cost up to 2.6 s at the end of an 8-rank bench run), and
+# each slice costs only one control-plane round trip.
+BATCH_WAIT_SLICE_S = 0.05
+
 SAMPLE_COLUMNS = ("prompt_ids", "response_ids", "behav_logprobs", "reward", "finished")
 
 
@@ -243,16 +249,19 @@ def next_batch(ctx: Ctx, version: int, fed: int) -> tuple[list, int]:
                     b = ctx.samples.get("train", list(SAMPLE_COLUMNS), ctx.P * ctx.n, policy="version_bounded",
                                         version=version, eta=ctx.cfg.workflow.eta, group_size=ctx.n,
                                         then="asyncflow_hpc.workflow.policies:oldest_version_groups",
-                                        timeout=max(0.05, min(1.0, left)))
+                                        timeout=max(0.01, min(BATCH_WAIT_SLICE_S, left)))
                     break
                 except WaitTimeout:
-                    if left <= 1.0:
+                    if left <= BATCH_WAIT_SLICE_S:
                         raise
                     fed = feed_prompts(ctx, fed, version)
         ctx.clock.count("stale_discarded", int(getattr(b, "stale", 0) or 0))
         rows = rows_from_batch(b, ctx.n)
-    if len(lay.trainer_ranks) > 1:
-        rows = ctx.comms.role_comm.bcast(rows, root=0)
+    if len(lay.trainer_ranks) > 1:  # the other trainer ranks sleep while the leader waits for rows
+        with ctx.clock.idle("wait_batch" if rows is None else "batch_bcast"):
+            common.sleeping_barrier(ctx.comms.role_comm, timeout_s=ctx.cfg.store.timeout_s, key="store.timeout_s",
+                                    rank=ctx.rank, role="trainer", what=f"the trainer leader's batch of step {version}")
+            rows = ctx.comms.role_comm.bcast(rows, root=0)
     return rows, fed
 
 
@@ -373,6 +382,7 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     elif lay.has(rank, Role.STORE):
         pass  # a dedicated store rank serves the control plane inside close() until every rank is done
     loop_s = time.perf_counter() - t_loop
+    ctx.clock.note_overrun(engine if is_rollout else None, trainer if is_trainer else None)
     _final_weights(cfg, sender, receiver, engine, trainer)
     # Every rank learns whether the run stopped early on a checkpoint (then no final evaluation/save).
     stopped = bool(comms.world.bcast(bool(ckpt is not None and ckpt.stopped), root=lay.trainer_leader))

@@ -26,6 +26,11 @@ class RoleClock:
         self.idle_s: dict[str, float] = defaultdict(float)
         self.exposed_s: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
+        self.host_overrun_s = 0.0  # emulated runs: host time beyond the emulated device time
+
+    def note_overrun(self, *engines: Any) -> None:
+        """Take the host overrun of emulated engines (engines/emulated.py); 0 for real engines."""
+        self.host_overrun_s = sum(float(getattr(e, "overrun_s", 0.0) or 0.0) for e in engines if e is not None)
 
     @contextlib.contextmanager
     def _acc(self, table: dict[str, float], key: str) -> Iterator[None]:
@@ -53,11 +58,17 @@ class RoleClock:
                 "busy_fraction": busy / wall_s if wall_s > 0 else 0.0,
                 "exposed_fraction": exposed / wall_s if wall_s > 0 else 0.0,
                 "busy": dict(self.busy_s), "idle": dict(self.idle_s), "exposed": dict(self.exposed_s),
-                "counts": dict(self.counts)}
+                "counts": dict(self.counts), "host_overrun_s": self.host_overrun_s}
 
 
 def staleness_histogram(counts: dict[str, int]) -> dict[int, int]:
     return {int(k.split("_", 1)[1]): v for k, v in counts.items() if k.startswith("staleness_")}
+
+
+def host_overrun_fraction(clocks: list[dict]) -> float:
+    """Emulated runs: host time past the emulated device time, as a share of the ranks' loop time."""
+    wall = sum(c["wall_s"] for c in clocks)
+    return sum(c.get("host_overrun_s", 0.0) for c in clocks) / wall if wall > 0 else 0.0
 
 
 def aggregate(per_rank: list[tuple[int, str, dict]], wall_s: float) -> dict[str, Any]:
@@ -81,7 +92,17 @@ def aggregate(per_rank: list[tuple[int, str, dict]], wall_s: float) -> dict[str,
                                   for r, cs in by_role.items()},
         "exposed_sync_fraction": exposed / rollout_wall if rollout_wall > 0 else 0.0,
         "staleness_histogram": staleness_histogram(counts),
+        "host_overrun_fraction": host_overrun_fraction(working),
+        "idle_by_role": {r: _sum_tables([c["idle"] for c in cs]) for r, cs in by_role.items()},
     }
+
+
+def _sum_tables(tables: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for t in tables:
+        for k, v in t.items():
+            out[k] += v
+    return dict(out)
 
 
 def format_role_table(per_rank: list[tuple[int, str, dict]], wall_s: float) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from asyncflow_hpc.engines.batching import split_even
 from asyncflow_hpc.workflow import common
-from asyncflow_hpc.workflow.metrics import RoleClock, print_eval, record_rows, record_step
+from asyncflow_hpc.workflow.metrics import RoleClock, host_overrun_fraction, print_eval, record_rows, record_step
 from asyncflow_hpc.workflow.metrics import span
 from asyncflow_hpc.workflow.stages import evaluate, progress_bar, save_policy, sft_warmup
 
@@ -75,6 +75,7 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
         bar.close()
     stopped = ckpt is not None and ckpt.stopped
     out["loop_s"] = loop_s = time.perf_counter() - t_loop
+    clock.note_overrun(rollout, trainer)
     per_rank = comms.world.gather(clock.summary(loop_s), root=0)
     if lead:
         out["summary"] = sync_summary(per_rank, loop_s, cfg.workflow.steps * cfg.data.prompts_per_step * cfg.rollout.n)
@@ -114,7 +115,8 @@ def sync_summary(per_rank: list[dict], wall_s: float, rows: int) -> dict:
     tokens = sum(c["counts"].get("tokens", 0) for c in per_rank)
     return {"wall_s": wall_s, "rows": rows, "samples_per_s": rows / wall_s if wall_s > 0 else 0.0,
             "tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0, "busy_fraction": busy,
-            "exposed_sync_fraction": 0.0, "staleness_histogram": {0: rows}}
+            "exposed_sync_fraction": 0.0, "staleness_histogram": {0: rows},
+            "host_overrun_fraction": host_overrun_fraction(per_rank)}
 
 
 def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder, clock) -> dict[str, float]:
@@ -129,6 +131,9 @@ def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder, c
     record_rows(recorder, local, trainer.version, cfg.run.seed, cfg.data.prompts_per_step, cfg.rollout.n)
     clock.count("tokens", sum(len(r.response_ids) for r in local))
     with clock.idle("gather"), span(recorder, "gather_wait", step=step):
+        common.sleeping_barrier(comms.world, timeout_s=cfg.device.dist_timeout_s, key="device.dist_timeout_s",
+                                rank=comms.rank, role="trainer+rollout",
+                                what=f"every rank's rows of step {step} (the slowest still generates)")
         rows = [r for part in comms.world.allgather(local) for r in part]
     common.assign_advantages(rows, cfg.algorithm)
     t = time.perf_counter()
