@@ -20,6 +20,8 @@ from asyncflow_hpc.store.config import StoreConfig
 from asyncflow_hpc.store.control import END, Claim, Lease, Placement
 from asyncflow_hpc.store.schema import EndOfStream, RowMeta, Schema, Validated, chunk_layout
 
+LEASE_PUTS = 8  # a lease holds at least this many puts like the one that asks for it
+
 
 def as_bytes(a: np.ndarray) -> np.ndarray:
     """A contiguous array viewed as flat uint8 (no copy)."""
@@ -114,7 +116,8 @@ class StoreBase:
         lease = self._lease
         if lease is None or not lease.fits(v.n, total):
             self._end_lease()
-            want_bytes, want_rows = max(int(self.cfg.lease_mb * 2**20), 4 * total), max(self.cfg.lease_rows, 4 * v.n)
+            want_bytes = max(int(self.cfg.lease_mb * 2**20), LEASE_PUTS * total)
+            want_rows = max(self.cfg.lease_rows, LEASE_PUTS * v.n)
             lease = self._wait(lambda w: self._take_lease(v.n, total, want_rows, want_bytes, w), timeout,
                                lambda: f"to put {v.n} rows ({total} bytes): store full, {self._describe()}")
             self._lease = lease

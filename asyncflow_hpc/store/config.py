@@ -17,11 +17,11 @@ class StoreConfig:
     unit_mb: float = opt(64.0, "Bytes of one storage unit (the RMA window of one storage rank), in MiB; a row must fit in one.")
     storage: Literal["all", "servers"] = opt(
         "all", "Which ranks hold storage units: all store participants, or only dedicated store ranks (topology.store_ranks).")
-    lease_mb: float = opt(16.0, "Bytes a producer reserves at once (at least 4 puts' worth) and fills with its puts, "
+    lease_mb: float = opt(64.0, "Bytes a producer reserves at once (at least 8 puts' worth) and fills with its puts, "
                           "publishing each one-way: one control round trip per lease instead of per put. Capped at "
                           "half of the free space per producer, so a nearly full store still admits every producer; "
                           "0 = one round trip per put.")
-    lease_rows: int = opt(256, "Row slots a producer reserves at once (at least 4 puts' worth; same cap as lease_mb).")
+    lease_rows: int = opt(1024, "Row slots a producer reserves at once (at least 8 puts' worth; same cap as lease_mb).")
     recv_pool_mb: float = opt(256.0, "Memory a consumer keeps for reuse by the arrays its gets return (each >= 1 MiB): "
                               "a recycled buffer is already paged in, a fresh one page-faults on every 4 KiB. 0 = off.")
     timeout_s: float = opt(300.0, "Timeout of blocking put/get; the error names rank, role and what it waited for.")
