@@ -53,12 +53,15 @@ def test_store_100k_rows_exactly_once_across_hosts(netns_hosts):
     assert h0[0] > 1_000_000 and h1[0] > 1_000_000, moved
 
 
-def test_weight_broadcast_across_hosts_bit_exact_and_checksummed(netns_hosts):
-    # trainer leader 0 and rollout 1 on host 0, rollout 2 on host 1; rendezvous on host 0's address
-    proc, moved = run_on_hosts(netns_hosts, [0, 0, 1], ["tests/mpi/workers/weights_worker.py", "roundtrip", "corrupt"])
+def test_weight_broadcast_across_hosts_bit_exact_and_checksummed(netns_hosts, tmp_path):
+    # trainer leader 0 and rollout 1 on host 0, rollout 2 on host 1; rendezvous on host 0's address.
+    # Results go to per-rank files (the hosts share the file system): hydra forwards each host's
+    # stdout in chunks, so lines printed by ranks on two hosts at once can merge.
+    _, moved = run_on_hosts(netns_hosts, [0, 0, 1], ["tests/mpi/workers/weights_worker.py", "roundtrip", "corrupt"],
+                               env={"WEIGHTS_RESULTS": str(tmp_path)})
     res = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
+    for path in sorted(tmp_path.glob("rank-*.txt")):
+        for line in path.read_text().splitlines():
             r = json.loads(line[len("RESULT "):])
             res[(r["scenario"], r["rank"])] = r
     nbytes = res[("roundtrip", 0)]["nbytes"]
