@@ -35,8 +35,8 @@ PARKABLE = {"alloc", "allocc", "lease", "select"}  # carry how long the caller w
 # request -> (ControlPlane method, whether the requesting rank is passed as the producer)
 OPS = {"reg": ("register_task", False), "alloc": ("alloc", True), "allocc": ("alloc_columns", False),
        "commit": ("commit", False), "lease": ("lease", True), "commitl": ("commit_leased", False),
-       "endl": ("end_lease", False), "select": ("select", False), "release": ("release", False), "unclaim": ("unclaim", False),
-       "stats": ("stats", False), "peek": ("peek", False), "done": ("mark_done", True)}
+       "endl": ("end_lease", False), "select": ("select", False), "release": ("release", False),
+       "unclaim": ("unclaim", False), "stats": ("stats", False), "peek": ("peek", False), "done": ("mark_done", True)}
 ROLES = ("server", "producer", "consumer", "both", "idle")
 _ERRORS = {"SchemaError": _schema.SchemaError, "StoreError": StoreError, "ValueError": ValueError,
            "EndOfStream": _schema.EndOfStream}
