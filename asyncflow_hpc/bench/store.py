@@ -191,7 +191,8 @@ def _table(results: dict[str, dict], tq: dict | None) -> str:
         if "bw_over_memcpy" in bw:
             lines.append(f"{name} GB/s: store put {bw['store_put']:.2f} get {bw['store_get']:.2f} (blocking gets "
                          f"{bw['store_get_blocking']:.2f}) | raw MPI put {bw['mpi_put']:.2f} get {bw['mpi_get']:.2f} | "
-                         f"memcpy {bw['memcpy']:.2f} | bw_over_memcpy {bw['bw_over_memcpy']:.2f}")
+                         f"memcpy as put {bw['memcpy']:.2f} as get {bw['memcpy_get']:.2f} | "
+                         f"bw_over_memcpy {bw['bw_over_memcpy']:.2f}")
     return "\n".join(lines)
 
 
