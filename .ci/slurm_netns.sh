@@ -35,6 +35,8 @@ while [ $# -gt 0 ]; do
 done
 BASE="${BASE:-/tmp/asyncflow-slurm-$NAME}"
 CONF="$BASE/slurm.conf"
+# shellcheck source=slurm_lib.sh
+. "$HERE/slurm_lib.sh"
 HOSTS_FILE="/run/asyncflow-netns/$NAME/hosts"
 
 on_host() { local h="$1"; shift; "$HOSTS_SH" exec --name "$NAME" "$h" "$@"; }
@@ -71,7 +73,7 @@ start_munge() {
 write_conf() {
     local mem first_job_id ns addr nodes=""
     mem="$(free -m | awk '/^Mem:/ {printf "%d", $2 * 0.9 / 2}')"  # the nodes share this machine's memory
-    first_job_id=$(( (RANDOM * 32768 + RANDOM) % 60000000 + 1000 ))  # see .ci/slurm_up.sh: stale MPICH shm names
+    first_job_id="$(random_first_job_id)"  # see .ci/slurm_lib.sh: stale MPICH shm names
     while read -r ns addr; do
         nodes+="NodeName=$ns NodeAddr=$addr CPUs=${ASYNCFLOW_SLURM_CPUS:-4} RealMemory=$mem State=UNKNOWN"$'\n'
     done <"$HOSTS_FILE"
@@ -80,33 +82,7 @@ write_conf() {
 # Written by .ci/slurm_netns.sh: one slurmd per network-namespace host, slurmctld on the first.
 ClusterName=afnetns
 SlurmctldHost=$ns($addr)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-StateSaveLocation=$BASE/state
-SlurmdSpoolDir=$BASE/spool/%n
-SlurmctldPidFile=$BASE/slurmctld.pid
-SlurmdPidFile=$BASE/slurmd.%n.pid
-SlurmctldLogFile=$BASE/log/slurmctld.log
-SlurmdLogFile=$BASE/log/slurmd.%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-ReturnToService=2
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/filetxt
-JobCompLoc=$BASE/log/jobcomp.txt
-JobRequeue=1
-FirstJobId=$first_job_id
-SlurmdParameters=config_overrides
-SlurmctldTimeout=30
-SlurmdTimeout=30
-KillWait=5
-Waittime=0
-MinJobAge=300
+$(slurm_conf_common "$BASE" "%n" "$first_job_id" "SlurmdParameters=config_overrides")
 $nodes
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF

@@ -17,6 +17,8 @@ BASE="${1:-${ASYNCFLOW_SLURM_BASE:-/tmp/asyncflow-slurm}}"
 mkdir -p "$BASE" && BASE="$(cd "$BASE" && pwd)"  # absolute: it is written into slurm.conf
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CONF="$BASE/slurm.conf"
+# shellcheck source=slurm_lib.sh
+. "$HERE/slurm_lib.sh"
 TIMEOUT_S="${ASYNCFLOW_SLURM_UP_TIMEOUT:-60}"
 T0=$(date +%s.%N)
 
@@ -84,44 +86,14 @@ write_conf() {
     # the configured value win over the detected one (config_overrides). mpiexec oversubscribes alike.
     cpus="${ASYNCFLOW_SLURM_CPUS:-$(( nproc_ > 4 ? nproc_ : 4 ))}"
     [ "$cpus" -gt "$nproc_" ] && overrides="SlurmdParameters=config_overrides"
-    # A wiped state would restart job ids at 1. The MPICH wheel names its shared-memory segment
-    # after PMI_JOBID (<job>.<step>) and leaves it in /dev/shm when a job is killed or aborts, so a
-    # later job with the same id hangs forever in MPI_Init on the stale segment (seen here). Start
-    # each fresh instance at a random job id instead (below Slurm's default MaxJobId of 67043328).
-    first_job_id=$(( (RANDOM * 32768 + RANDOM) % 60000000 + 1000 ))
+    first_job_id="$(random_first_job_id)"  # see .ci/slurm_lib.sh: stale MPICH shm names
     # RealMemory above what slurmd measures drains the node: keep a 10% margin.
     mem="$(free -m | awk '/^Mem:/ {printf "%d", $2 * 0.9}')"
     cat >"$CONF.new" <<CONF
 # Written by .ci/slurm_up.sh (single-host test Slurm); rewritten on every fresh start.
 ClusterName=asyncflow
 SlurmctldHost=$host(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-StateSaveLocation=$BASE/state
-SlurmdSpoolDir=$BASE/spool
-SlurmctldPidFile=$BASE/slurmctld.pid
-SlurmdPidFile=$BASE/slurmd.pid
-SlurmctldLogFile=$BASE/log/slurmctld.log
-SlurmdLogFile=$BASE/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-ReturnToService=2
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/filetxt
-JobCompLoc=$BASE/log/jobcomp.txt
-JobRequeue=1
-FirstJobId=$first_job_id
-$overrides
-SlurmctldTimeout=30
-SlurmdTimeout=30
-KillWait=5
-Waittime=0
-MinJobAge=300
+$(slurm_conf_common "$BASE" "" "$first_job_id" "$overrides")
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF

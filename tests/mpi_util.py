@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def mpiexec() -> str:
-    here = Path(sys.executable).parent / "mpiexec"
-    if here.exists():
-        return str(here)
-    found = shutil.which("mpiexec")
-    if not found:
-        raise RuntimeError("mpiexec not found: install the test extras (pip install -e .[test])")
-    return found
+    from asyncflow_hpc.launch.local import find_mpiexec
+
+    return find_mpiexec()
 
 
 def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from asyncflow_hpc.topology.comms import sleeping_barrier
+
 REQ, REP = 11, 12
 
 
@@ -81,9 +83,7 @@ def run_option(comm, option: str, ops: int, seconds: float) -> dict | None:
             th = threading.Thread(target=_serve, args=(ccomm, stop.is_set), daemon=True)
             th.start()
         rate = _compute(seconds)
-        req = comm.Ibarrier()
-        while not req.Test():  # keeps serving (thread) while the client finishes
-            time.sleep(1e-3)
+        sleeping_barrier(comm, pause_min=1e-3, pause_max=1e-3)  # the thread keeps serving meanwhile
         stop.set()
         if th:
             th.join()
@@ -123,9 +123,7 @@ def run_option(comm, option: str, ops: int, seconds: float) -> dict | None:
         if option == "ctrl_rank":
             done = ccomm.irecv(source=1, tag=REQ + 100)
             _serve(ccomm, lambda: done.test()[0])
-        req = comm.Ibarrier()
-        while not req.Test():
-            time.sleep(1e-3)
+        sleeping_barrier(comm, pause_min=1e-3, pause_max=1e-3)
     ccomm.Free()
     win.Free()
     return out

@@ -16,16 +16,15 @@ import time
 
 import numpy as np
 
+from asyncflow_hpc.topology.comms import sleeping_barrier
+
 PROMPT, RESPONSE = 512, 1024
 
 
 def sbarrier(comm) -> None:
-    """A barrier that sleeps instead of spinning, backing off to 5 ms: ranks waiting here share the
-    cores with the measured ones and must not steal their cycles."""
-    req, pause = comm.Ibarrier(), 2e-4
-    while not req.Test():
-        time.sleep(pause)
-        pause = min(2 * pause, 5e-3)
+    """A barrier that sleeps, backing off to 5 ms: ranks waiting here share the cores with the
+    measured ones and must not steal their cycles."""
+    sleeping_barrier(comm, pause_min=2e-4, pause_max=5e-3)
 
 
 def grpo_schema():

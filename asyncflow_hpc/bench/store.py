@@ -30,20 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from asyncflow_hpc.errors import LaunchError
+from asyncflow_hpc.launch.local import find_mpiexec
 
 ROOT = Path(__file__).resolve().parents[2]
 TQ_VENV = Path(os.environ.get("ASYNCFLOW_TQ_VENV", Path.home() / ".cache" / "asyncflow_hpc" / "tq_venv"))
-
-
-def _mpiexec(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
-    if not found:
-        raise LaunchError("bench store: mpiexec not found next to python or on PATH; "
-                          "pip install mpich mpi4py (or pass --mpiexec PATH)")
-    return found
 
 
 def _env() -> dict[str, str]:
@@ -74,13 +64,18 @@ def run_scenario(mpiexec: str, ranks: int, scenario: str, extra: list[str], time
         cmd = [mpiexec, "-n", str(ranks), *argv]
         if "openmpi" in mpiexec.lower() or "ompi" in mpiexec.lower():
             cmd.insert(1, "--oversubscribe")
+    return _run_json(cmd, " ".join(cmd), timeout, env=env, cwd=ROOT)
+
+
+def _run_json(cmd: list[str], what: str, timeout: float, **kw: Any) -> dict:
+    """Run `cmd`; its stdout's last JSON line, or a LaunchError naming `what` with the stderr tail."""
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     except subprocess.TimeoutExpired:
-        raise LaunchError(f"bench store: {' '.join(cmd)} ran past {timeout:.0f}s") from None
+        raise LaunchError(f"bench store: {what} ran past {timeout:.0f}s") from None
     out = _last_json(proc.stdout)
     if proc.returncode != 0 or out is None:
-        raise LaunchError(f"bench store: {' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+        raise LaunchError(f"bench store: {what} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
     return out
 
 
@@ -102,14 +97,7 @@ def run_tq(rows: int, timeout: float) -> dict:
     py = ensure_tq_venv()
     cmd = [str(py), str(Path(__file__).with_name("_store_tq.py")), "--rows", str(rows), "--batch", "64"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd="/tmp")
-    except subprocess.TimeoutExpired:
-        raise LaunchError(f"bench store: transferqueue run ran past {timeout:.0f}s") from None
-    out = _last_json(proc.stdout)
-    if proc.returncode != 0 or out is None:
-        raise LaunchError(f"bench store: transferqueue run exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
-    return out
+    return _run_json(cmd, "transferqueue run", timeout, env=env, cwd="/tmp")
 
 
 def scenarios(quick: bool) -> list[tuple[str, str, int, list[str]]]:
@@ -205,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hosts", type=int, choices=[1, 2], default=1,
                     help="2: also run every scenario across two network-namespace hosts (MPI over TCP)")
     args = ap.parse_args(argv)
-    mpiexec = _mpiexec(args.mpiexec)
+    mpiexec = find_mpiexec(args.mpiexec or "")
     results: dict[str, Any] = {}
     for name, scenario, ranks, extra in scenarios(args.quick):
         results[name] = run_scenario(mpiexec, ranks, scenario, extra, timeout=300)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from asyncflow_hpc.errors import LaunchError
+from asyncflow_hpc.launch.local import find_mpiexec
 
 RESULT = "BENCH_WEIGHTS_RESULT "
 
@@ -198,17 +198,8 @@ def worker(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- launcher
-def _mpiexec() -> str:
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
-    if not found:
-        raise LaunchError("bench weights: mpiexec not found beside the Python interpreter or on PATH; "
-                          "install mpi4py with an MPI (pip install mpi4py mpich)")
-    return found
-
-
 def _launch(args, argv: list[str]) -> dict:
-    cmd = [_mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "asyncflow_hpc.bench.weights", "--worker", *argv]
+    cmd = [find_mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "asyncflow_hpc.bench.weights", "--worker", *argv]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     root = str(Path(__file__).resolve().parents[2])

@@ -28,6 +28,7 @@ from asyncflow_hpc.store.control import ControlPlane
 from asyncflow_hpc.store.doorbell import Doorbell
 from asyncflow_hpc.store.schema import Schema, StoreError
 from asyncflow_hpc.store.windows import DataWindow, ProgressThread, spans_nodes
+from asyncflow_hpc.topology.comms import sleeping_barrier
 
 TAG_REQ, TAG_REP = 7301, 7302
 ONEWAY = {"commit", "commitl", "endl", "release", "unclaim", "done"}
@@ -355,17 +356,11 @@ class RMAStore(StoreBase):
 
     # ---- lifetime ----------------------------------------------------------------------------
     def _sleeping_barrier(self, timeout: float | None, what: str, serve: bool = False) -> None:
-        req = self.comm.Ibarrier()
         if serve and self.service is not None:
-            self.service.serve(req.Test)
+            self.service.serve(self.comm.Ibarrier().Test)
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = self.cfg.poll_min_s
-        while not req.Test():
-            if deadline is not None and time.monotonic() > deadline:
-                raise WaitTimeout(f"store: waited {timeout:g}s for {what}", rank=self.rank, role=self.label)
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        sleeping_barrier(self.comm, timeout, what=what, rank=self.rank, role=self.label,
+                         pause_min=self.cfg.poll_min_s, pause_max=0.05)
 
     def serve(self, timeout: float | None = None) -> None:
         """On a server rank: answer the control plane until every rank has called close()."""

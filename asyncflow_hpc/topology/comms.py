@@ -30,6 +30,27 @@ def mpi():
     return MPI
 
 
+def sleeping_barrier(comm: Any, timeout_s: float | None = None, *, what: str = "every rank", rank: int = -1,
+                     role: str = "", pause_min: float = 1e-4, pause_max: float = 2e-3) -> None:
+    """A barrier that sleeps with back-off (pause_min doubling to pause_max) instead of busy-polling.
+
+    A rank blocked in an MPI collective busy-polls a whole core, and ranks here share cores. Put it
+    before a collective whose peers may arrive late, so the collective then returns at once. Past
+    `timeout_s` (None: never) raises WaitTimeout naming rank, role and `what` it waited for."""
+    import time
+
+    from asyncflow_hpc.errors import WaitTimeout
+
+    req = comm.Ibarrier()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pause = pause_min
+    while not req.Test():
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeout(f"waited {timeout_s:g}s for {what}", rank=rank, role=role)
+        time.sleep(pause)
+        pause = min(pause * 2, pause_max)
+
+
 @dataclass(frozen=True)
 class Device:
     kind: str  # "cpu" | "cuda" | "npu"

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from asyncflow_hpc import staleness
+from asyncflow_hpc.topology.comms import sleeping_barrier
 from asyncflow_hpc.topology.roles import Role
 from asyncflow_hpc.workflow import common
 from asyncflow_hpc.workflow.metrics import RoleClock, record_rows, record_step, span
@@ -259,8 +260,8 @@ def next_batch(ctx: Ctx, version: int, fed: int) -> tuple[list, int]:
         rows = rows_from_batch(b, ctx.n)
     if len(lay.trainer_ranks) > 1:  # the other trainer ranks sleep while the leader waits for rows
         with ctx.clock.idle("wait_batch" if rows is None else "batch_bcast"):
-            common.sleeping_barrier(ctx.comms.role_comm, timeout_s=ctx.cfg.store.timeout_s, key="store.timeout_s",
-                                    rank=ctx.rank, role="trainer", what=f"the trainer leader's batch of step {version}")
+            sleeping_barrier(ctx.comms.role_comm, ctx.cfg.store.timeout_s, rank=ctx.rank, role="trainer",
+                             what=f"the trainer leader's batch of step {version} (store.timeout_s)")
             rows = ctx.comms.role_comm.bcast(rows, root=0)
     return rows, fed
 

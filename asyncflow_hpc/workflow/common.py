@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -114,24 +113,6 @@ def generate_groups(engine: Any, task: Task, prompt_ids: Sequence[int], *, run_s
                             reward=task.reward_fn(text, resp, ex.reference),
                             extra={"example": ex.id, "finished": g.finished}))
     return rows
-
-
-def sleeping_barrier(comm: Any, *, timeout_s: float, key: str, what: str, rank: int, role: str) -> None:
-    """Wait, sleeping, until every rank of `comm` reaches this point.
-
-    A rank blocked in an MPI collective busy-polls a whole core, and here ranks share cores: put this
-    before a collective whose peers may arrive late (stragglers, a trainer leader waiting for rows),
-    so the collective then finds every rank there and returns at once. `key`: the config key of
-    `timeout_s`, named in the error."""
-    from asyncflow_hpc.errors import WaitTimeout
-
-    req = comm.Ibarrier()
-    deadline, pause = time.monotonic() + timeout_s, 1e-4
-    while not req.Test():
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"waited {timeout_s:g}s ({key}) for {what}", rank=rank, role=role)
-        time.sleep(pause)
-        pause = min(pause * 2, 2e-3)
 
 
 def assign_advantages(rows: list[Row], algo_cfg: Any) -> None:

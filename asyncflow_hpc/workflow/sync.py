@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from asyncflow_hpc.engines.batching import split_even
+from asyncflow_hpc.topology.comms import sleeping_barrier
 from asyncflow_hpc.workflow import common
 from asyncflow_hpc.workflow.metrics import RoleClock, host_overrun_fraction, print_eval, record_rows, record_step
 from asyncflow_hpc.workflow.metrics import span
@@ -131,9 +132,8 @@ def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder, c
     record_rows(recorder, local, trainer.version, cfg.run.seed, cfg.data.prompts_per_step, cfg.rollout.n)
     clock.count("tokens", sum(len(r.response_ids) for r in local))
     with clock.idle("gather"), span(recorder, "gather_wait", step=step):
-        common.sleeping_barrier(comms.world, timeout_s=cfg.device.dist_timeout_s, key="device.dist_timeout_s",
-                                rank=comms.rank, role="trainer+rollout",
-                                what=f"every rank's rows of step {step} (the slowest still generates)")
+        sleeping_barrier(comms.world, cfg.device.dist_timeout_s, rank=comms.rank, role="trainer+rollout",
+                         what=f"every rank's rows of step {step}, the slowest still generating (device.dist_timeout_s)")
         rows = [r for part in comms.world.allgather(local) for r in part]
     common.assign_advantages(rows, cfg.algorithm)
     t = time.perf_counter()
