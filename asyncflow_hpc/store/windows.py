@@ -15,10 +15,13 @@ memory model. That moves bytes at memcpy speed, without the per-operation cost o
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
+
+from asyncflow_hpc.topology.comms import sleeping_barrier
 
 
 class DataWindow:
@@ -52,14 +55,15 @@ class DataWindow:
         """Page the units in now, not on the first pass of puts: a first write to a shared-memory page
         allocates and zeroes it (measured ~4 us per 4 KiB page: puts into new pages ran at 0.9 GB/s),
         and each other rank's first access maps it. The owner writes a byte per page, then every rank
-        reads one per page of every unit (collective)."""
-        page = 4096
+        reads one per page of every unit (collective). In 8 MiB steps that let other threads run in
+        between: page faults of four ranks on two cores can take seconds, and a heartbeat thread
+        starved of the GIL that long reads as a frozen rank to the job monitor."""
         own = self.views.get(comm.Get_rank())
         if own is not None:
-            own[::page] = 0
-        comm.Barrier()
+            _touch(own, write=True)
+        sleeping_barrier(comm)
         for view in self.views.values():
-            int(view[::page].sum())
+            _touch(view, write=False)
 
     @contextmanager
     def epoch(self) -> Iterator["DataWindow"]:
@@ -104,6 +108,17 @@ class DataWindow:
             self.views.clear()
             self.win.Free()
             self.win = None
+
+
+def _touch(view: np.ndarray, write: bool, page: int = 4096, step: int = 8 << 20) -> None:
+    """Write (or read) one byte per page of `view`, yielding the GIL after every `step` bytes."""
+    for start in range(0, len(view), step):
+        pages = view[start:start + step:page]
+        if write:
+            pages[:] = 0
+        else:
+            int(pages.sum())
+        time.sleep(0)
 
 
 class ProgressThread:
