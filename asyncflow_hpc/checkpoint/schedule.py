@@ -93,7 +93,7 @@ def restore_rows(ctx: Any, rows: list) -> None:
 def drain(ctx: Any) -> list:
     """Stopping checkpoint: no new prompts start, every group in generation lands, take all rows out."""
     from asyncflow_hpc.store import EndOfStream
-    from asyncflow_hpc.workflow.async_flow import SAMPLE_COLUMNS, rows_from_batch
+    from asyncflow_hpc.workflow.async_flow import rows_from_batch, train_columns
 
     try:
         while ctx.prompts.try_get("rollout", ["prompt_id"], 1, policy="fifo") is not None:
@@ -104,7 +104,7 @@ def drain(ctx: Any) -> list:
     rows: list = []
     while True:
         try:
-            b = ctx.samples.get("train", list(SAMPLE_COLUMNS), ctx.P * ctx.n, policy="fifo")
+            b = ctx.samples.get("train", train_columns(ctx.comms.layout), ctx.P * ctx.n, policy="fifo")
         except EndOfStream:
             return rows
         rows.extend(rows_from_batch(b, ctx.n))
@@ -112,9 +112,9 @@ def drain(ctx: Any) -> list:
 
 def snapshot(ctx: Any) -> list:
     """Periodic checkpoint: a copy of the rows the train task has not consumed (nothing is claimed)."""
-    from asyncflow_hpc.workflow.async_flow import SAMPLE_COLUMNS, rows_from_batch
+    from asyncflow_hpc.workflow.async_flow import rows_from_batch, train_columns
 
-    return rows_from_batch(ctx.samples.peek("train", list(SAMPLE_COLUMNS)), ctx.n)
+    return rows_from_batch(ctx.samples.peek("train", train_columns(ctx.comms.layout)), ctx.n)
 
 
 def checkpoint_step(ctx: Any, trainer: Any, sched: Schedule, done: int, history: list, fed: int) -> bool:

@@ -33,9 +33,11 @@ def make_rollout(cfg: Any, model: Any, device: str, *, seed: int = 0) -> Rollout
                              ascend=engine == "vllm_ascend")
 
 
-def make_trainer(cfg: Any, model: Any, *, pad_id: int, group: Any, device: str) -> TrainerEngine:
+def make_trainer(cfg: Any, model: Any, *, pad_id: int, group: Any, device: str,
+                 reference: bool | None = None) -> TrainerEngine:
+    """reference=False: hold no reference copy (dedicated reference ranks send its log-probs)."""
     kwargs = dict(trainer_cfg=cfg.trainer, algo_cfg=cfg.algorithm, temperature=cfg.rollout.temperature,
-                  pad_id=pad_id, group=group, device=device)
+                  pad_id=pad_id, group=group, device=device, reference=reference)
     if cfg.trainer.engine == "mindspeed":
         from asyncflow_hpc.engines.mindspeed_trainer import MindSpeedTrainerEngine
 

@@ -19,6 +19,41 @@ from asyncflow_hpc.engines.batching import chunks, collate, response_logprobs, s
 from asyncflow_hpc.engines.config import TrainerConfig
 
 
+def model_log_probs(model: Any, rows: list[Row], *, micro_batch_rows: int, pad_id: int, device: str,
+                    temperature: float) -> list[list[float]]:
+    """Per-token log-probs of each row's response under `model` (no grad), in micro-batches."""
+    import torch
+
+    out: list[list[float]] = []
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for mb in chunks(rows, micro_batch_rows):
+            t = collate(mb, pad_id, device)
+            lp = response_logprobs(model, t, temperature).cpu()
+            out.extend(lp[i, :len(r.response_ids)].tolist() for i, r in enumerate(mb))
+    model.train(was)
+    return out
+
+
+class ReferencePolicy:
+    """The frozen initial policy on a dedicated reference rank (topology.reference_ranks).
+
+    Scores rows' responses for the KL term so the trainer ranks hold no copy of it; the numbers are
+    those the trainer's own reference copy would give (same function, same model weights).
+    """
+
+    def __init__(self, model: Any, *, micro_batch_rows: int, temperature: float, pad_id: int, device: str = "cpu"):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.micro_batch_rows, self.temperature, self.pad_id, self.device = micro_batch_rows, temperature, pad_id, device
+
+    def log_probs(self, rows: list[Row]) -> list[list[float]]:
+        return model_log_probs(self.model, rows, micro_batch_rows=self.micro_batch_rows, pad_id=self.pad_id,
+                               device=self.device, temperature=self.temperature)
+
+
 class TorchTrainerEngine(TrainerEngine):
     def __init__(self, model: Any, *, trainer_cfg: TrainerConfig, algo_cfg: AlgorithmConfig, temperature: float,
                  pad_id: int, group: Any = None, device: str = "cpu", reference: bool | None = None):
@@ -53,21 +88,11 @@ class TorchTrainerEngine(TrainerEngine):
 
     # --- log-probs -----------------------------------------------------------------------------
     def log_probs(self, rows: list[Row], *, reference: bool = False) -> list[list[float]]:
-        import torch
-
         model = self.ref_model if reference else self.model
         if model is None:
             raise ValueError("log_probs(reference=True) needs a reference model (algorithm.kl_coef > 0)")
-        out: list[list[float]] = []
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            for mb in chunks(rows, self.cfg.micro_batch_rows):
-                t = collate(mb, self.pad_id, self.device)
-                lp = response_logprobs(model, t, self.temperature).cpu()
-                out.extend(lp[i, :len(r.response_ids)].tolist() for i, r in enumerate(mb))
-        model.train(was)
-        return out
+        return model_log_probs(model, rows, micro_batch_rows=self.cfg.micro_batch_rows, pad_id=self.pad_id,
+                               device=self.device, temperature=self.temperature)
 
     # --- one RL step ---------------------------------------------------------------------------
     def train_step(self, rows: list[Row]) -> dict[str, float]:
@@ -108,8 +133,13 @@ class TorchTrainerEngine(TrainerEngine):
                     prox_map: dict[tuple[int, int], list[float]]) -> dict[str, Any]:
         import torch
 
+        a = self.algo
+        use_kl = a.name == "grpo" and a.kl_coef > 0
         t = collate(mb, self.pad_id, self.device)
-        if self.ref_model is not None and t.ref_logprobs is None:
+        if t.ref_logprobs is None and (self.ref_model is not None or use_kl):
+            if self.ref_model is None:  # dedicated reference ranks fill the column; these rows have none
+                raise ValueError("algorithm.kl_coef > 0 but the rows carry no reference log-probs and this trainer "
+                                 "holds no reference model (topology.reference_ranks computes them)")
             self._fill_ref(mb)
             t = collate(mb, self.pad_id, self.device)
         logp = response_logprobs(self.model, t, self.temperature)
@@ -119,7 +149,6 @@ class TorchTrainerEngine(TrainerEngine):
                 prox[i, :len(r.response_ids)] = torch.tensor(prox_map[r.key], dtype=prox.dtype)
         else:
             prox = t.behav_logprobs
-        a = self.algo
         per_tok = losses.ppo_clip_loss(logp, prox, t.advantages, clip_low=a.clip_eps, clip_high=a.upper_clip)
         weight = torch.ones_like(per_tok)
         if a.correction != "none":
@@ -127,7 +156,7 @@ class TorchTrainerEngine(TrainerEngine):
             weight = losses.importance_weights(prox, t.behav_logprobs, cap=cap)
         pg = per_tok * weight
         kl = torch.zeros_like(pg)
-        if self.ref_model is not None and a.name == "grpo" and a.kl_coef > 0:
+        if use_kl:
             kl = losses.kl_penalty(logp, t.ref_logprobs, a.kl_estimator)
         loss = losses.aggregate(pg + a.kl_coef * kl, t.response_mask, a.loss_agg, denom)
         m = t.response_mask

@@ -52,3 +52,20 @@ def bucket_checksum(byte_view, algorithm: str) -> tuple[int, int]:
     import torch
 
     return blocksum64(byte_view.view(torch.int64))
+
+
+def state_fingerprint(named) -> str:
+    """Hex digest of (name, dtype, shape, blocksum64 of the bytes) over named tensors: two ranks that built
+    'the same' model compare this instead of sending the weights (a fast check, not a cryptographic one)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in named:
+        raw = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+        if raw.numel() % 8:
+            raw = torch.cat([raw, raw.new_zeros(8 - raw.numel() % 8)])
+        s1, s2 = blocksum64(raw.view(torch.int64))
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|{s1}|{s2};".encode())
+    return h.hexdigest()[:16]

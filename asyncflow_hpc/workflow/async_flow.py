@@ -5,6 +5,7 @@
 Data path (one way):
   trainer leader --prompt ids--> prompt store --(rollout task, load-balanced pulls)--> rollout ranks
   rollout ranks --rows (version-stamped)--> sample store [--(reward task)--> reward ranks --reward column-->]
+                                                         [--(reference task)--> reference ranks --ref_logprobs-->]
   sample store --(train task: version_bounded + whole GRPO groups)--> trainer leader --bcast--> trainer ranks
   trainer leader --weights v+1, bucketed, background--> rollout ranks: staged, swapped at a generation boundary
 
@@ -35,14 +36,22 @@ from asyncflow_hpc.workflow.metrics import RoleClock, record_rows, record_step, 
 BATCH_WAIT_SLICE_S = 0.05
 
 SAMPLE_COLUMNS = ("prompt_ids", "response_ids", "behav_logprobs", "reward", "finished")
+REF_COLUMN = "ref_logprobs"  # only with dedicated reference ranks (topology.reference_ranks)
 
 
-def sample_schema():
+def sample_schema(reference: bool = False):
     from asyncflow_hpc.store import Column, Schema
 
-    return Schema([Column("prompt_ids", "int32", var=True), Column("response_ids", "int32", var=True),
-                   Column("behav_logprobs", "float32", var=True), Column("reward", "float32"),
-                   Column("finished", "int8")])
+    cols = [Column("prompt_ids", "int32", var=True), Column("response_ids", "int32", var=True),
+            Column("behav_logprobs", "float32", var=True), Column("reward", "float32"), Column("finished", "int8")]
+    if reference:
+        cols.append(Column(REF_COLUMN, "float32", var=True))
+    return Schema(cols)
+
+
+def train_columns(layout) -> list[str]:
+    """What a row needs before the trainer may take it: the reference log-probs too, with reference ranks."""
+    return list(SAMPLE_COLUMNS) + ([REF_COLUMN] if layout.ranks(Role.REFERENCE) else [])
 
 
 def prompt_schema():
@@ -80,7 +89,7 @@ def _sample_store_role(layout, rank: int) -> str:
         return "server"
     if layout.has(rank, Role.ROLLOUT):
         return "producer"
-    if layout.has(rank, Role.REWARD) or rank == layout.trainer_leader:
+    if layout.has(rank, Role.REWARD) or layout.has(rank, Role.REFERENCE) or rank == layout.trainer_leader:
         return "consumer"
     return "idle"
 
@@ -98,14 +107,15 @@ def open_stores(cfg, comms) -> tuple[Any, Any]:
     lay, r = comms.layout, comms.rank
     prompts = make_store(cfg.store, prompt_schema(), comms.world, role=_prompt_store_role(lay, r),
                          label=f"{lay.role_of(r)}/prompts")
-    samples = make_store(cfg.store, sample_schema(), comms.world, role=_sample_store_role(lay, r),
-                         label=f"{lay.role_of(r)}/samples")
+    samples = make_store(cfg.store, sample_schema(reference=bool(lay.ranks(Role.REFERENCE))), comms.world,
+                         role=_sample_store_role(lay, r), label=f"{lay.role_of(r)}/samples")
     if r == lay.trainer_leader:
         prompts.register_task("rollout", ["prompt_id"])
-        cols = list(SAMPLE_COLUMNS)
-        samples.register_task("train", cols)
+        samples.register_task("train", train_columns(lay))
         if lay.ranks(Role.REWARD):
             samples.register_task("reward", ["prompt_ids", "response_ids"])
+        if lay.ranks(Role.REFERENCE):
+            samples.register_task("reference", ["prompt_ids", "response_ids"])
     comms.world.Barrier()  # tasks are registered before anyone puts or gets
     return prompts, samples
 
@@ -130,12 +140,14 @@ def rows_from_batch(batch, n: int) -> list:
     from asyncflow_hpc.engines.base import Row
 
     rows = []
+    ref = batch[REF_COLUMN] if REF_COLUMN in batch.columns else None
     for i in range(len(batch)):
         pid = int(batch.group[i])
         rows.append(Row(prompt_id=pid, sample_index=int(batch.index[i]) - pid * n,
                         prompt_ids=batch["prompt_ids"][i].tolist(), response_ids=batch["response_ids"][i].tolist(),
                         behav_logprobs=batch["behav_logprobs"][i].tolist(), version=int(batch.version[i]),
-                        reward=float(batch["reward"][i]), extra={"finished": bool(batch["finished"][i])}))
+                        reward=float(batch["reward"][i]), extra={"finished": bool(batch["finished"][i])},
+                        ref_logprobs=None if ref is None else ref[i].tolist()))
     return rows
 
 
@@ -189,28 +201,54 @@ def _maybe_swap(ctx: Ctx, engine: Any, receiver: Any, gate: Any, need: int) -> N
             receiver.swap(engine.load_weights)
 
 
-def reward_loop(ctx: Ctx) -> dict:
-    """A reward rank: score rows as soon as their responses are in, add the reward column."""
+def _consume_groups(ctx: Ctx, task: str, score: Any) -> int:
+    """A stage rank's loop: take each whole prompt group as soon as its responses are stored, add the
+    columns `score(batch)` returns; ends at the sample store's end of stream. Returns rows handled."""
     from asyncflow_hpc.store import EndOfStream
 
-    n_scored = 0
+    done = 0
     while True:
         with ctx.clock.idle("wait_rows"):
             try:
-                b = ctx.samples.get("reward", ["prompt_ids", "response_ids"], ctx.n, policy="grpo_group",
+                b = ctx.samples.get(task, ["prompt_ids", "response_ids"], ctx.n, policy="grpo_group",
                                     group_size=ctx.n)
             except EndOfStream:
-                break
-        with ctx.clock.busy("reward"), span(ctx.recorder, "reward", rows=len(b)):
-            rewards = []
-            for i in range(len(b)):
-                pid = int(b.group[i])
-                ex = ctx.task.train[common.example_index(ctx.cfg.run.seed, pid, len(ctx.task.train))]
-                resp = ctx.task.tokenizer.decode(b["response_ids"][i].tolist())
-                rewards.append(ctx.task.reward_fn(ctx.task.prompt_text(ex), resp, ex.reference))
-            ctx.samples.put_columns(b.row_ids, {"reward": np.asarray(rewards, dtype=np.float32)})
-        n_scored += len(b)
-    return {"rows_scored": n_scored}
+                return done
+        with ctx.clock.busy(task), span(ctx.recorder, task, rows=len(b)):
+            ctx.samples.put_columns(b.row_ids, score(b))
+        done += len(b)
+        ctx.clock.count(f"{task}_rows", len(b))
+
+
+def reference_loop(ctx: Ctx, policy: Any) -> dict:
+    """A reference rank: log-probs of each group's responses under the frozen initial policy, as soon as
+    the rollout stored them (the trainer then holds no reference copy and never computes them)."""
+    from asyncflow_hpc.engines.base import Row
+
+    def score(b) -> dict:
+        rows = []
+        for i in range(len(b)):
+            resp = b["response_ids"][i].tolist()
+            rows.append(Row(prompt_id=int(b.group[i]), sample_index=i, prompt_ids=b["prompt_ids"][i].tolist(),
+                            response_ids=resp, behav_logprobs=[0.0] * len(resp)))  # unused by log_probs
+        return {REF_COLUMN: [np.asarray(lp, dtype=np.float32) for lp in policy.log_probs(rows)]}
+
+    return {"rows_referenced": _consume_groups(ctx, "reference", score)}
+
+
+def reward_loop(ctx: Ctx) -> dict:
+    """A reward rank: score rows as soon as their responses are in, add the reward column."""
+
+    def score(b) -> dict:
+        rewards = []
+        for i in range(len(b)):
+            pid = int(b.group[i])
+            ex = ctx.task.train[common.example_index(ctx.cfg.run.seed, pid, len(ctx.task.train))]
+            resp = ctx.task.tokenizer.decode(b["response_ids"][i].tolist())
+            rewards.append(ctx.task.reward_fn(ctx.task.prompt_text(ex), resp, ex.reference))
+        return {"reward": np.asarray(rewards, dtype=np.float32)}
+
+    return {"rows_scored": _consume_groups(ctx, "reward", score)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +285,7 @@ def next_batch(ctx: Ctx, version: int, fed: int) -> tuple[list, int]:
             while True:
                 left = deadline - time.monotonic()
                 try:
-                    b = ctx.samples.get("train", list(SAMPLE_COLUMNS), ctx.P * ctx.n, policy="version_bounded",
+                    b = ctx.samples.get("train", train_columns(lay), ctx.P * ctx.n, policy="version_bounded",
                                         version=version, eta=ctx.cfg.workflow.eta, group_size=ctx.n,
                                         then="asyncflow_hpc.workflow.policies:oldest_version_groups",
                                         timeout=max(0.01, min(BATCH_WAIT_SLICE_S, left)))
@@ -338,10 +376,12 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     resumed = ckpt is not None and ckpt.resuming
     start = ckpt.start if resumed else 0
     is_trainer, is_rollout = lay.has(rank, Role.TRAINER), lay.has(rank, Role.ROLLOUT)
+    reference = _reference_policy(cfg, comms, task)  # before any training touches task.model
     trainer = sender = receiver = None
     if is_trainer:
         trainer = make_trainer(cfg, task.model, pad_id=task.tokenizer.pad_id, group=comms.trainer_group,
-                               device=comms.device.torch_device)
+                               device=comms.device.torch_device,
+                               reference=False if lay.ranks(Role.REFERENCE) else None)
         trainer.broadcast_parameters()
         if resumed:  # weights, optimizer, version and RNG of the checkpoint (every trainer rank reads it)
             from asyncflow_hpc.checkpoint.state import load_into
@@ -380,6 +420,8 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
         out.update(rollout_loop(ctx, engine, receiver, params))
     elif lay.has(rank, Role.REWARD):
         out.update(reward_loop(ctx))
+    elif lay.has(rank, Role.REFERENCE):
+        out.update(reference_loop(ctx, reference))
     elif lay.has(rank, Role.STORE):
         pass  # a dedicated store rank serves the control plane inside close() until every rank is done
     loop_s = time.perf_counter() - t_loop
@@ -407,6 +449,33 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     out["wall_s"] = time.perf_counter() - t0
     out["loop_s"] = loop_s
     return out
+
+
+def _reference_policy(cfg: Any, comms: Any, task: Any) -> Any:
+    """On a reference rank: the frozen initial policy, checked against the trainer leader's initial weights
+    (every rank builds the model from the same config; a mismatch would silently bias the KL term).
+    Collective over the world when reference ranks exist; None elsewhere."""
+    from asyncflow_hpc.weights.checksum import state_fingerprint
+
+    lay, rank = comms.layout, comms.rank
+    if not lay.ranks(Role.REFERENCE):
+        return None
+    mine = state_fingerprint(task.model.state_dict().items()) if (
+        rank == lay.trainer_leader or lay.has(rank, Role.REFERENCE)) else None
+    leader = comms.world.bcast(mine, root=lay.trainer_leader)
+    if not lay.has(rank, Role.REFERENCE):
+        return None
+    if mine != leader:
+        from asyncflow_hpc.errors import ConfigError
+
+        raise ConfigError(f"rank {rank} (reference): its initial policy (fingerprint {mine}) differs from the "
+                          f"trainer leader's (rank {lay.trainer_leader}, {leader}); the reference model must be "
+                          f"built from the same model.path / model settings and run.seed on every rank")
+    from asyncflow_hpc.engines.torch_trainer import ReferencePolicy
+
+    return ReferencePolicy(task.model, micro_batch_rows=cfg.trainer.micro_batch_rows,
+                           temperature=cfg.rollout.temperature, pad_id=task.tokenizer.pad_id,
+                           device=comms.device.torch_device)
 
 
 def _weight_endpoints(cfg: Any, comms: Any, model: Any) -> tuple[Any, Any]:

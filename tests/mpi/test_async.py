@@ -68,3 +68,21 @@ def test_reward_stage_runs_as_a_store_consumer(tmp_path):
                      "trace.enabled=false")
     assert len(res["history"]) == 3
     assert " reward " in p.stdout  # the role table has the reward rank
+
+
+@pytest.mark.mpi
+def test_reference_stage_runs_as_a_store_consumer(tmp_path):
+    # A dedicated reference rank scores every row for the KL term; the trainer holds no reference copy.
+    # With eta=0 the batches are those of a run whose trainer computes the reference log-probs itself,
+    # so every step's loss and KL must agree.
+    kl = ["workflow.mode=async", "topology.colocate=false", "workflow.eta=0", "algorithm.kl_coef=0.05",
+          "trace.enabled=false"]
+    own, _ = run_job(tmp_path, "own", *kl, "topology.world_size=3")
+    ref, p = run_job(tmp_path, "ref", *kl, "topology.world_size=4", "topology.reference_ranks=1")
+    assert len(own["history"]) == len(ref["history"]) == 3
+    for step, (a, b) in enumerate(zip(own["history"], ref["history"])):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-9), step
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-6, abs=1e-9), step
+    assert ref["history"][-1]["kl"] > 1e-4, "kl ~0: the test would not tell missing reference log-probs apart"
+    assert " reference " in p.stdout
+    assert ref["summary"]["busy_fraction_by_role"]["reference"] > 0  # the rank did the scoring, not the trainer

@@ -80,6 +80,15 @@ def test_async_cannot_be_colocated():
         load_config(None, ["workflow.mode=async", "topology.colocate=true"])
 
 
+def test_reference_ranks_need_a_kl_term(tmp_path):
+    path = tmp_path / "ref.yaml"
+    path.write_text("workflow: {mode: async}\ntopology: {colocate: false, reference_ranks: 1}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: topology.reference_ranks=1 .*algorithm.kl_coef=0.0"):
+        load_config(str(path))
+    cfg = load_config(str(path), ["algorithm.kl_coef=0.05"])
+    assert cfg.topology.reference_ranks == 1
+
+
 def test_round_trip_through_dict():
     cfg = load_config(None, ["workflow.eta=4", "run.name=x"])
     again = config_from_dict(cfg.to_dict())

@@ -127,3 +127,26 @@ def test_sft_step_lowers_loss():
 def test_split_even():
     assert split_even(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
     assert split_even([1], 3) == [[1], [], []]
+
+
+def test_trainer_without_reference_copy_uses_rows_reference_logprobs():
+    # Two trainers from the same weights: one holds its own frozen reference, the other none and
+    # takes the rows' ref_logprobs (what dedicated reference ranks put in the store). Same step.
+    from asyncflow_hpc.engines.torch_trainer import ReferencePolicy
+
+    rows = _rows(_model())
+    ref = ReferencePolicy(_model(), micro_batch_rows=3, temperature=1.0, pad_id=TOK.pad_id)
+    for r, lp in zip(rows, ref.log_probs(rows)):
+        r.ref_logprobs = lp
+    own = _engine(_model(), kl_coef=0.1)
+    given = TorchTrainerEngine(_model(), trainer_cfg=TrainerConfig(lr=1e-2, micro_batch_rows=5),
+                               algo_cfg=AlgorithmConfig(kl_coef=0.1), temperature=1.0, pad_id=TOK.pad_id,
+                               reference=False)
+    assert given.ref_model is None and own.ref_model is not None
+    bare = [Row(**{**r.__dict__, "ref_logprobs": None, "extra": {}}) for r in rows]
+    for _ in range(2):  # the second step is off the reference: kl > 0
+        a, b = own.train_step(bare), given.train_step(rows)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-9) and a["kl"] == pytest.approx(b["kl"], abs=1e-9)
+    assert b["kl"] > 1e-6
+    with pytest.raises(ValueError, match="reference_ranks"):  # no column, no copy: a named error, not kl=0
+        given.train_step([Row(**{**r.__dict__, "ref_logprobs": None, "extra": {}}) for r in rows])

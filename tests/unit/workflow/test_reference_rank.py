@@ -1,0 +1,54 @@
+"""A dedicated reference rank checks its initial policy against the trainer leader's before scoring rows."""
+
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from asyncflow_hpc.config import load_config  # noqa: E402
+from asyncflow_hpc.errors import ConfigError  # noqa: E402
+from asyncflow_hpc.topology.config import TopologyConfig  # noqa: E402
+from asyncflow_hpc.topology.roles import Role, plan_layout  # noqa: E402
+from asyncflow_hpc.weights.checksum import state_fingerprint  # noqa: E402
+from asyncflow_hpc.workflow.async_flow import _reference_policy, train_columns  # noqa: E402
+
+
+class OneRankWorld:
+    """bcast as seen by one rank: the root's value is what the test says the leader sent."""
+
+    def __init__(self, leader_value):
+        self.leader_value = leader_value
+
+    def bcast(self, value, root):
+        return self.leader_value
+
+
+def _setup(leader_model, my_model):
+    layout = plan_layout(4, TopologyConfig(colocate=False, trainer_ranks=1, reference_ranks=1))
+    rank = layout.ranks(Role.REFERENCE)[0]
+    world = OneRankWorld(state_fingerprint(leader_model.state_dict().items()))
+    comms = SimpleNamespace(layout=layout, rank=rank, world=world, device=SimpleNamespace(torch_device="cpu"))
+    task = SimpleNamespace(model=my_model, tokenizer=SimpleNamespace(pad_id=0))
+    cfg = load_config(None, ["workflow.mode=async", "topology.colocate=false", "topology.reference_ranks=1",
+                             "algorithm.kl_coef=0.1"])
+    return cfg, comms, task, layout
+
+
+def test_same_initial_policy_gives_a_frozen_reference():
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 3)
+    cfg, comms, task, layout = _setup(m, m)
+    ref = _reference_policy(cfg, comms, task)
+    assert ref is not None and not any(p.requires_grad for p in ref.model.parameters())
+    assert train_columns(layout)[-1] == "ref_logprobs"
+
+
+def test_different_initial_policy_is_a_named_error():
+    torch.manual_seed(0)
+    leader = torch.nn.Linear(4, 3)
+    mine = torch.nn.Linear(4, 3)  # another init: what a rank with another model.path or seed would build
+    cfg, comms, task, _ = _setup(leader, mine)
+    with pytest.raises(ConfigError, match=rf"rank {comms.rank} \(reference\): its initial policy .* differs from the "
+                                          r"trainer leader's \(rank \d+"):
+        _reference_policy(cfg, comms, task)
