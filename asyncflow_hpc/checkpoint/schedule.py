@@ -86,7 +86,7 @@ def restore_rows(ctx: Any, rows: list) -> None:
     for r in rows:
         groups.setdefault(int(r.prompt_id), []).append(r)
     for pid in groups:
-        cols, meta = rows_to_store(groups[pid], reward_inline, ctx.n)
+        cols, meta = rows_to_store(groups[pid], reward_inline, ctx.n, ctx.cfg.algorithm)
         ctx.samples.put(cols, meta)
 
 
@@ -104,7 +104,7 @@ def drain(ctx: Any) -> list:
     rows: list = []
     while True:
         try:
-            b = ctx.samples.get("train", train_columns(ctx.comms.layout), ctx.P * ctx.n, policy="fifo")
+            b = ctx.samples.get("train", train_columns(ctx.cfg, ctx.comms.layout), ctx.P * ctx.n, policy="fifo")
         except EndOfStream:
             return rows
         rows.extend(rows_from_batch(b, ctx.n))
@@ -114,7 +114,7 @@ def snapshot(ctx: Any) -> list:
     """Periodic checkpoint: a copy of the rows the train task has not consumed (nothing is claimed)."""
     from asyncflow_hpc.workflow.async_flow import rows_from_batch, train_columns
 
-    return rows_from_batch(ctx.samples.peek("train", train_columns(ctx.comms.layout)), ctx.n)
+    return rows_from_batch(ctx.samples.peek("train", train_columns(ctx.cfg, ctx.comms.layout)), ctx.n)
 
 
 def checkpoint_step(ctx: Any, trainer: Any, sched: Schedule, done: int, history: list, fed: int) -> bool:

@@ -37,21 +37,31 @@ BATCH_WAIT_SLICE_S = 0.05
 
 SAMPLE_COLUMNS = ("prompt_ids", "response_ids", "behav_logprobs", "reward", "finished")
 REF_COLUMN = "ref_logprobs"  # only with dedicated reference ranks (topology.reference_ranks)
+ADV_COLUMN = "advantage"  # GRPO: written with the reward, by whoever scores the whole group
 
 
-def sample_schema(reference: bool = False):
+def group_advantages_stored(algo_cfg) -> bool:
+    """GRPO advantages are group-local: the reward stage stores them; a batch baseline (ppo) needs the batch."""
+    return algo_cfg.name == "grpo"
+
+
+def sample_schema(reference: bool = False, advantage: bool = False):
     from asyncflow_hpc.store import Column, Schema
 
     cols = [Column("prompt_ids", "int32", var=True), Column("response_ids", "int32", var=True),
             Column("behav_logprobs", "float32", var=True), Column("reward", "float32"), Column("finished", "int8")]
     if reference:
         cols.append(Column(REF_COLUMN, "float32", var=True))
+    if advantage:
+        cols.append(Column(ADV_COLUMN, "float64"))
     return Schema(cols)
 
 
-def train_columns(layout) -> list[str]:
-    """What a row needs before the trainer may take it: the reference log-probs too, with reference ranks."""
-    return list(SAMPLE_COLUMNS) + ([REF_COLUMN] if layout.ranks(Role.REFERENCE) else [])
+def train_columns(cfg, layout) -> list[str]:
+    """What a row needs before the trainer may take it: its GRPO advantage and, with reference ranks,
+    its reference log-probs too."""
+    return (list(SAMPLE_COLUMNS) + ([ADV_COLUMN] if group_advantages_stored(cfg.algorithm) else [])
+            + ([REF_COLUMN] if layout.ranks(Role.REFERENCE) else []))
 
 
 def prompt_schema():
@@ -107,11 +117,12 @@ def open_stores(cfg, comms) -> tuple[Any, Any]:
     lay, r = comms.layout, comms.rank
     prompts = make_store(cfg.store, prompt_schema(), comms.world, role=_prompt_store_role(lay, r),
                          label=f"{lay.role_of(r)}/prompts")
-    samples = make_store(cfg.store, sample_schema(reference=bool(lay.ranks(Role.REFERENCE))), comms.world,
-                         role=_sample_store_role(lay, r), label=f"{lay.role_of(r)}/samples")
+    schema = sample_schema(reference=bool(lay.ranks(Role.REFERENCE)), advantage=group_advantages_stored(cfg.algorithm))
+    samples = make_store(cfg.store, schema, comms.world, role=_sample_store_role(lay, r),
+                         label=f"{lay.role_of(r)}/samples")
     if r == lay.trainer_leader:
         prompts.register_task("rollout", ["prompt_id"])
-        samples.register_task("train", train_columns(lay))
+        samples.register_task("train", train_columns(cfg, lay))
         if lay.ranks(Role.REWARD):
             samples.register_task("reward", ["prompt_ids", "response_ids"])
         if lay.ranks(Role.REFERENCE):
@@ -120,7 +131,9 @@ def open_stores(cfg, comms) -> tuple[Any, Any]:
     return prompts, samples
 
 
-def rows_to_store(rows, reward_inline: bool, n: int) -> tuple[dict, list]:
+def rows_to_store(rows, reward_inline: bool, n: int, algo_cfg=None) -> tuple[dict, list]:
+    """Columns and metadata of one prompt group's rows; with the reward inline (no reward ranks) its GRPO
+    advantages too (algo_cfg given)."""
     from asyncflow_hpc.store import RowMeta
 
     cols: dict[str, Any] = {
@@ -131,6 +144,8 @@ def rows_to_store(rows, reward_inline: bool, n: int) -> tuple[dict, list]:
     }
     if reward_inline:
         cols["reward"] = np.asarray([r.reward for r in rows], dtype=np.float32)
+        if algo_cfg is not None and group_advantages_stored(algo_cfg):
+            cols[ADV_COLUMN] = common.group_advantages(cols["reward"], algo_cfg)
     meta = [RowMeta(index=r.prompt_id * n + r.sample_index, group=r.prompt_id, version=r.version)
             for r in rows]
     return cols, meta
@@ -141,13 +156,15 @@ def rows_from_batch(batch, n: int) -> list:
 
     rows = []
     ref = batch[REF_COLUMN] if REF_COLUMN in batch.columns else None
+    adv = batch[ADV_COLUMN] if ADV_COLUMN in batch.columns else None
     for i in range(len(batch)):
         pid = int(batch.group[i])
         rows.append(Row(prompt_id=pid, sample_index=int(batch.index[i]) - pid * n,
                         prompt_ids=batch["prompt_ids"][i].tolist(), response_ids=batch["response_ids"][i].tolist(),
                         behav_logprobs=batch["behav_logprobs"][i].tolist(), version=int(batch.version[i]),
                         reward=float(batch["reward"][i]), extra={"finished": bool(batch["finished"][i])},
-                        ref_logprobs=None if ref is None else ref[i].tolist()))
+                        ref_logprobs=None if ref is None else ref[i].tolist(),
+                        advantage=0.0 if adv is None else float(adv[i])))
     return rows
 
 
@@ -180,7 +197,7 @@ def rollout_loop(ctx: Ctx, engine: Any, receiver: Any, params: Any) -> dict:
             rows = common.generate_groups(engine, ctx.task, [pid], run_seed=cfg.run.seed, step=pid // ctx.P,
                                           n=ctx.n, params=params, version=engine.version)
             sp.set(rows=len(rows), tokens=sum(len(r.response_ids) for r in rows))
-        cols, meta = rows_to_store(rows, reward_inline, ctx.n)
+        cols, meta = rows_to_store(rows, reward_inline, ctx.n, cfg.algorithm)
         with ctx.clock.idle("store_put"), span(ctx.recorder, "store_put", rows=len(rows)):
             ctx.samples.put(cols, meta)
         produced += len(rows)
@@ -246,7 +263,10 @@ def reward_loop(ctx: Ctx) -> dict:
             ex = ctx.task.train[common.example_index(ctx.cfg.run.seed, pid, len(ctx.task.train))]
             resp = ctx.task.tokenizer.decode(b["response_ids"][i].tolist())
             rewards.append(ctx.task.reward_fn(ctx.task.prompt_text(ex), resp, ex.reference))
-        return {"reward": np.asarray(rewards, dtype=np.float32)}
+        out = {"reward": np.asarray(rewards, dtype=np.float32)}
+        if group_advantages_stored(ctx.cfg.algorithm):  # the whole group is here: its advantages too
+            out[ADV_COLUMN] = common.group_advantages(out["reward"], ctx.cfg.algorithm)
+        return out
 
     return {"rows_scored": _consume_groups(ctx, "reward", score)}
 
@@ -285,7 +305,8 @@ def next_batch(ctx: Ctx, version: int, fed: int) -> tuple[list, int]:
             while True:
                 left = deadline - time.monotonic()
                 try:
-                    b = ctx.samples.get("train", train_columns(lay), ctx.P * ctx.n, policy="version_bounded",
+                    b = ctx.samples.get("train", train_columns(ctx.cfg, lay), ctx.P * ctx.n,
+                                        policy="version_bounded",
                                         version=version, eta=ctx.cfg.workflow.eta, group_size=ctx.n,
                                         then="asyncflow_hpc.workflow.policies:oldest_version_groups",
                                         timeout=max(0.01, min(BATCH_WAIT_SLICE_S, left)))
@@ -323,7 +344,8 @@ def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any, start: int = 0) 
         if any(not staleness.is_fresh(v, r.version, cfg.workflow.eta) for r in rows):
             raise RuntimeError(f"trainer step {v} got a row outside the staleness bound eta={cfg.workflow.eta}: "
                                f"staleness {max(stale)}")  # the store policy must make this impossible
-        common.assign_advantages(rows, cfg.algorithm)
+        if not group_advantages_stored(cfg.algorithm):  # GRPO rows carry theirs from the reward stage
+            common.assign_advantages(rows, cfg.algorithm)
         tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
         with ctx.clock.busy("train"), span(ctx.recorder, "train_step", step=v, rows=len(rows), tokens=tokens):
             metrics = trainer.train_step(rows)

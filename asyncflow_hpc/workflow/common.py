@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from asyncflow_hpc.data.loaders import Example
 from asyncflow_hpc.engines.base import Generation, Row
 
@@ -113,6 +115,17 @@ def generate_groups(engine: Any, task: Task, prompt_ids: Sequence[int], *, run_s
                             reward=task.reward_fn(text, resp, ex.reference),
                             extra={"example": ex.id, "finished": g.finished}))
     return rows
+
+
+def group_advantages(rewards: Any, algo_cfg: Any) -> Any:
+    """GRPO advantages of ONE prompt group, from the rewards as the store holds them (float32), as float64:
+    exactly what assign_advantages gives these rows inside any batch (the group statistics use exact
+    sums), so the reward stage can store them as soon as the group is scored."""
+    from asyncflow_hpc.algorithms.advantages import grpo_advantages
+
+    rs = [float(r) for r in np.asarray(rewards, dtype=np.float32)]
+    return np.asarray(grpo_advantages(rs, [0] * len(rs), norm_std=algo_cfg.norm_adv_by_std, eps=algo_cfg.adv_eps),
+                      dtype=np.float64)
 
 
 def assign_advantages(rows: list[Row], algo_cfg: Any) -> None:

@@ -41,7 +41,7 @@ def test_same_initial_policy_gives_a_frozen_reference():
     cfg, comms, task, layout = _setup(m, m)
     ref = _reference_policy(cfg, comms, task)
     assert ref is not None and not any(p.requires_grad for p in ref.model.parameters())
-    assert train_columns(layout)[-1] == "ref_logprobs"
+    assert train_columns(cfg, layout)[-2:] == ["advantage", "ref_logprobs"]
 
 
 def test_different_initial_policy_is_a_named_error():

@@ -46,3 +46,28 @@ def test_shipped_configs_load(name, monkeypatch):
         assert cfg.topology.world_size == 4 and cfg.device.threads_per_rank == 1 and not cfg.data.train_path
     else:
         assert "${ASYNCFLOW_GSM8K_DIR}" in cfg.data.train_path and cfg.model.path
+
+
+@pytest.mark.parametrize("norm_std", [True, False])
+def test_group_advantages_equal_the_batch_computation_bit_for_bit(norm_std):
+    # The reward stage stores each group's GRPO advantages as soon as the group is scored; the trainer
+    # uses them instead of computing over the batch. Same float64 values, whatever the batch order.
+    import random
+
+    import numpy as np
+
+    from asyncflow_hpc.workflow.common import group_advantages
+
+    algo = AlgorithmConfig(norm_adv_by_std=norm_std)
+    rng = random.Random(5)
+    groups = {pid: np.asarray([rng.choice([0.0, 1.0, 0.3, 1 / 3]) for _ in range(6)], dtype=np.float32)
+              for pid in range(7)}
+    groups[7] = np.full(6, 0.5, dtype=np.float32)  # no signal: all zero
+    stored = {pid: group_advantages(r, algo) for pid, r in groups.items()}
+    rows = [Row(prompt_id=pid, sample_index=k, prompt_ids=[], response_ids=[], behav_logprobs=[],
+                reward=float(r[k])) for pid, r in groups.items() for k in range(len(r))]
+    rng.shuffle(rows)
+    assign_advantages(rows, algo)
+    for row in rows:
+        assert row.advantage == stored[row.prompt_id][row.sample_index]
+    assert stored[7].tolist() == [0.0] * 6 and stored[0].dtype == np.float64
