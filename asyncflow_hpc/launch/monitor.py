@@ -11,7 +11,8 @@ Launcher side (`asyncflow-hpc run`, launch/local.py):
     rc = watch(proc, hb_dir, world_size, cfg.monitor)    # returns the job's exit code; prints ONE error line
 
 A rank that dies (its pid vanished on this host, without a final status), stops beating (frozen:
-heartbeat older than monitor.stale_s) or sits in one activity longer than monitor.hang_s makes the
+heartbeat older than monitor.stale_s; 3 x that for a local process that still runs, whose heartbeat
+thread may just be starved) or sits in one activity longer than monitor.hang_s makes the
 launcher print `asyncflow-hpc: error: rank R (role X) <what happened>; last activity: <A> (<t> s
 before)` and kill the whole job. A rank that raised has written its own error into its heartbeat;
 the launcher reports that one. The MPI child is started with `-disable-auto-cleanup` on MPICH so that
@@ -190,6 +191,18 @@ def _alive(pid: int) -> bool:
         return True
 
 
+STARVED_GRACE = 3  # x monitor.stale_s for a stale rank whose local process runs (not stopped)
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state of a local process (R, S, D, T, t, Z...), None if unknown or gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def describe(rec: dict[str, Any], now: float, what: str) -> str:
     ago = now - float(rec.get("since", now))
     return (f"rank {rec['rank']} (role {rec.get('role', '?')}, pid {rec.get('pid')} on {rec.get('host')}) {what}; "
@@ -218,10 +231,19 @@ def find_culprit(beats: dict[int, dict[str, Any]], cfg: MonitorConfig, now: floa
         return describe(first[0], now, "died (process gone without an error: killed, "
                                                                   "e.g. kill -9 or the OOM killer)")
     stale = [r for r in running if now - float(r.get("time", now)) > cfg.stale_s]
-    if stale:
-        r = min(stale, key=lambda x: x.get("time", now))
-        return describe(r, now, f"stopped responding (no heartbeat for {now - float(r['time']):.0f} s > "
-                                f"monitor.stale_s={cfg.stale_s:g}: frozen or stopped)")
+    # A live process on this host that is not stopped gets STARVED_GRACE x stale_s: its heartbeat thread
+    # can go unscheduled for a while (a C call holding the GIL during set-up, 4 ranks on 2 loaded cores)
+    # without the rank being frozen. Stopped (SIGSTOP, a debugger) or on another host: stale_s.
+    late = [r for r in stale if r.get("host") != host or _proc_state(int(r.get("pid", 0))) in ("T", "t", None)
+            or now - float(r["time"]) > STARVED_GRACE * cfg.stale_s]
+    if late:
+        r = min(late, key=lambda x: x.get("time", now))
+        quiet = now - float(r["time"])
+        why = ("frozen or stopped" if quiet <= STARVED_GRACE * cfg.stale_s else
+               f"more than {STARVED_GRACE} x that while its process still ran: frozen inside a call that holds "
+               "the GIL, or starved of CPU")
+        return describe(r, now, f"stopped responding (no heartbeat for {quiet:.0f} s > "
+                                f"monitor.stale_s={cfg.stale_s:g}: {why})")
     if cfg.hang_s > 0:
         hung = [r for r in running if now - float(r.get("since", now)) > cfg.hang_s]
         if hung:

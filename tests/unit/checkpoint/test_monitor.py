@@ -1,6 +1,7 @@
 """The launcher's failure detection, driven with heartbeat records (no MPI)."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,8 +30,26 @@ def test_culprits():
     assert msg.startswith(f"rank 2 (role rollout, pid {dead.pid} on h) died") and "last activity: generate step=3 (" in msg
     # a pid on another host is never judged by liveness
     assert find_culprit({2: _rec(2, pid=dead.pid, host="other")}, cfg, now, host="h") is None
-    msg = find_culprit({1: _rec(1, time=now - 30)}, cfg, now, host="h")
-    assert "stopped responding (no heartbeat for 30 s" in msg
+    # stale on another host: judged by the heartbeat alone
+    msg = find_culprit({1: _rec(1, time=now - 11, host="other")}, cfg, now, host="h")
+    assert "stopped responding (no heartbeat for 11 s > monitor.stale_s=10: frozen or stopped)" in msg
+    # stale here, but the process runs (this one): a starved heartbeat thread gets 3 x stale_s
+    assert find_culprit({1: _rec(1, time=now - 29)}, cfg, now, host="h") is None
+    msg = find_culprit({1: _rec(1, time=now - 31)}, cfg, now, host="h")
+    assert "stopped responding (no heartbeat for 31 s" in msg and "while its process still ran" in msg
+    # stale here and stopped (SIGSTOP): at stale_s
+    frozen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        frozen.send_signal(signal.SIGSTOP)
+        deadline = time.time() + 10
+        while open(f"/proc/{frozen.pid}/stat").read().rsplit(")", 1)[1].split()[0] not in "Tt":
+            assert time.time() < deadline
+            time.sleep(0.01)
+        msg = find_culprit({1: _rec(1, time=now - 11, pid=frozen.pid)}, cfg, now, host="h")
+        assert "stopped responding (no heartbeat for 11 s > monitor.stale_s=10: frozen or stopped)" in msg
+    finally:
+        frozen.kill()
+        frozen.wait()
     msg = find_culprit({1: _rec(1, since=now - 100)}, cfg, now, host="h")
     assert "hung (same activity for more than monitor.hang_s=60" in msg
     # a rank that raised wins over the others, and its own message is kept
