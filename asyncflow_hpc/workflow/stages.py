@@ -9,11 +9,21 @@ from asyncflow_hpc.workflow import common
 from asyncflow_hpc.workflow.metrics import span
 
 
+def eval_share(examples: list, layout: Any, rank: int) -> list:
+    """This rank's part of the held-out set: split over the ranks that hold the policy (trainer and rollout
+    ranks). Dedicated store, reward and reference ranks evaluate nothing: their engines keep the initial
+    weights, so the end-of-run accuracy would count a share of answers from the untrained policy."""
+    from asyncflow_hpc.topology.roles import Role
+
+    holders = [r for r in range(layout.world_size) if layout.has(r, Role.TRAINER) or layout.has(r, Role.ROLLOUT)]
+    return split_even(examples, len(holders))[holders.index(rank)] if rank in holders else []
+
+
 def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) -> dict[str, float]:
-    """Held-out accuracy and mean reward over data.eval_size prompts, split over all ranks (collective)."""
+    """Held-out accuracy and mean reward over data.eval_size prompts, split over the policy ranks (collective
+    over the world)."""
     examples = task.test[:cfg.data.eval_size]
-    world = comms.world.Get_size()
-    mine = split_even(examples, world)[comms.rank]
+    mine = eval_share(list(examples), comms.layout, comms.rank)
     total, correct, count = common.evaluate_local(engine, task, mine, params)
     parts = comms.world.allgather((total, correct, count))
     total, correct, count = (sum(p[i] for p in parts) for i in range(3))

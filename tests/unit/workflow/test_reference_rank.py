@@ -52,3 +52,18 @@ def test_different_initial_policy_is_a_named_error():
     with pytest.raises(ConfigError, match=rf"rank {comms.rank} \(reference\): its initial policy .* differs from the "
                                           r"trainer leader's \(rank \d+"):
         _reference_policy(cfg, comms, task)
+
+
+def test_held_out_set_is_split_over_the_policy_ranks_only():
+    # Store, reward and reference ranks keep the initial weights: they must not answer held-out prompts.
+    from asyncflow_hpc.workflow.stages import eval_share
+
+    layout = plan_layout(6, TopologyConfig(colocate=False, trainer_ranks=1, reference_ranks=1, reward_ranks=1))
+    examples = list(range(40))
+    shares = {r: eval_share(examples, layout, r) for r in range(6)}
+    for r in layout.ranks(Role.REFERENCE) + layout.ranks(Role.REWARD):
+        assert shares[r] == []
+    holders = [r for r in range(6) if shares[r]]
+    assert len(holders) == 4 and sorted(x for r in holders for x in shares[r]) == examples
+    colocated = plan_layout(4, TopologyConfig(colocate=True))
+    assert [len(eval_share(examples, colocated, r)) for r in range(4)] == [10] * 4
