@@ -90,7 +90,7 @@ def _cross_check(cfg: JobConfig, where: str) -> None:
     if cfg.workflow.mode == "async" and cfg.topology.colocate:
         raise ConfigError(f"{where}: workflow.mode=async needs separate trainer and rollout groups; "
                           f"set topology.colocate=false")
-    if cfg.topology.reference_ranks and not (cfg.algorithm.name == "grpo" and cfg.algorithm.kl_coef > 0):
+    if cfg.topology.reference_ranks and not cfg.algorithm.kl_term:
         raise ConfigError(f"{where}: topology.reference_ranks={cfg.topology.reference_ranks} computes reference "
                           f"log-probs for the KL term, but algorithm.name={cfg.algorithm.name!r} with "
                           f"algorithm.kl_coef={cfg.algorithm.kl_coef} uses none; set algorithm.kl_coef > 0 "

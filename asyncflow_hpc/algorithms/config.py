@@ -48,5 +48,10 @@ class AlgorithmConfig:
                                      f"proximal policy is the behaviour policy; set algorithm.proximal=recompute")
 
     @property
+    def kl_term(self) -> bool:
+        """The loss has a KL-to-reference term (GRPO with kl_coef > 0): reference log-probs are needed."""
+        return self.name == "grpo" and self.kl_coef > 0
+
+    @property
     def upper_clip(self) -> float:
         return self.clip_eps if self.clip_eps_high == -1.0 else self.clip_eps_high

@@ -79,7 +79,7 @@ def put_prompts(ctx: Any, pids: list[int]) -> None:
 def restore_rows(ctx: Any, rows: list) -> None:
     """Put rows back, one prompt group per put (as a rollout rank does); rewards again via reward ranks if any."""
     from asyncflow_hpc.topology.roles import Role
-    from asyncflow_hpc.workflow.async_flow import rows_to_store
+    from asyncflow_hpc.workflow.rows import rows_to_store
 
     reward_inline = not ctx.comms.layout.ranks(Role.REWARD)
     groups: dict[int, list] = {}
@@ -93,7 +93,7 @@ def restore_rows(ctx: Any, rows: list) -> None:
 def drain(ctx: Any) -> list:
     """Stopping checkpoint: no new prompts start, every group in generation lands, take all rows out."""
     from asyncflow_hpc.store import EndOfStream
-    from asyncflow_hpc.workflow.async_flow import rows_from_batch, train_columns
+    from asyncflow_hpc.workflow.rows import rows_from_batch, train_columns
 
     try:
         while ctx.prompts.try_get("rollout", ["prompt_id"], 1, policy="fifo") is not None:
@@ -112,7 +112,7 @@ def drain(ctx: Any) -> list:
 
 def snapshot(ctx: Any) -> list:
     """Periodic checkpoint: a copy of the rows the train task has not consumed (nothing is claimed)."""
-    from asyncflow_hpc.workflow.async_flow import rows_from_batch, train_columns
+    from asyncflow_hpc.workflow.rows import rows_from_batch, train_columns
 
     return rows_from_batch(ctx.samples.peek("train", train_columns(ctx.cfg, ctx.comms.layout)), ctx.n)
 

@@ -134,7 +134,7 @@ class TorchTrainerEngine(TrainerEngine):
         import torch
 
         a = self.algo
-        use_kl = a.name == "grpo" and a.kl_coef > 0
+        use_kl = a.kl_term
         t = collate(mb, self.pad_id, self.device)
         if t.ref_logprobs is None and (self.ref_model is not None or use_kl):
             if self.ref_model is None:  # dedicated reference ranks fill the column; these rows have none

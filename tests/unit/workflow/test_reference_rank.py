@@ -11,7 +11,8 @@ from asyncflow_hpc.errors import ConfigError  # noqa: E402
 from asyncflow_hpc.topology.config import TopologyConfig  # noqa: E402
 from asyncflow_hpc.topology.roles import Role, plan_layout  # noqa: E402
 from asyncflow_hpc.weights.checksum import state_fingerprint  # noqa: E402
-from asyncflow_hpc.workflow.async_flow import _reference_policy, train_columns  # noqa: E402
+from asyncflow_hpc.workflow.async_flow import _reference_policy  # noqa: E402
+from asyncflow_hpc.workflow.rows import train_columns  # noqa: E402
 
 
 class OneRankWorld:
