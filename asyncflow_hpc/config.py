@@ -84,12 +84,29 @@ class JobConfig:
 
 def _cross_check(cfg: JobConfig, where: str) -> None:
     """Checks that involve more than one section."""
+    try:  # the Dr. GRPO normaliser and DAPO overlong shaping measure against rollout.max_new_tokens
+        cfg.algorithm.check_job(cfg.rollout.max_new_tokens)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: algorithm.{exc}") from None
     if cfg.workflow.mode == "sync" and cfg.workflow.job == "train" and not cfg.topology.colocate:
         # The synchronous baseline is colocated by definition; make that explicit instead of guessing.
         cfg.topology.colocate = True
     if cfg.workflow.mode == "async" and cfg.topology.colocate:
         raise ConfigError(f"{where}: workflow.mode=async needs separate trainer and rollout groups; "
                           f"set topology.colocate=false")
+    t = cfg.topology
+    if cfg.workflow.job == "train" and (t.trainer_tp > 1 or t.trainer_pp > 1) and cfg.trainer.engine == "torch":
+        key = "topology.trainer_tp" if t.trainer_tp > 1 else "topology.trainer_pp"
+        raise ConfigError(f"{where}: {key}={max(t.trainer_tp, t.trainer_pp)}: trainer.engine=torch holds a full "
+                          f"replica per rank and has no tensor/pipeline parallelism; set it to 1 (or use "
+                          f"trainer.engine=mindspeed on NPUs)")
+    if cfg.workflow.job == "train" and t.rollout_tp > 1:
+        raise ConfigError(f"{where}: topology.rollout_tp={t.rollout_tp}: a rollout instance spanning several "
+                          f"ranks is not wired yet (the vLLM engine runs in the rank's process with tensor "
+                          f"parallel size 1); set topology.rollout_tp=1")
+    if cfg.rollout.engine != "torch" and cfg.workflow.job == "train" and not cfg.model.path:
+        raise ConfigError(f"{where}: rollout.engine={cfg.rollout.engine} needs model.path (a local HF model "
+                          f"directory; `asyncflow-hpc model import` makes one)")
     if cfg.topology.reference_ranks and not cfg.algorithm.kl_term:
         raise ConfigError(f"{where}: topology.reference_ranks={cfg.topology.reference_ranks} computes reference "
                           f"log-probs for the KL term, but algorithm.name={cfg.algorithm.name!r} with "

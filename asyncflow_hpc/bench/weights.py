@@ -88,7 +88,7 @@ def _quantile(xs: list[float], q: float) -> float:
 
 def _run_workload(comms, specs, bucket_mb: float, repeats: int, version0: int) -> dict:
     import torch
-    import torch.distributed as dist
+    from asyncflow_hpc.topology.pg import group_broadcast
     from mpi4py import MPI
 
     from asyncflow_hpc.weights import WeightReceiver, WeightSender, WeightSyncConfig, plan_for
@@ -130,7 +130,7 @@ def _run_workload(comms, specs, bucket_mb: float, repeats: int, version0: int) -
             receivers[c].swap(lambda named_tensors, v: None)
         return took
 
-    runs = {"raw": lambda: _timed(world, lambda: dist.broadcast(raw, src=leader, group=group)),
+    runs = {"raw": lambda: _timed(world, lambda: group_broadcast(group, raw, leader).wait()),
             "bucketed": lambda: bucketed("blocksum64"),
             "mpi": lambda: _timed(world, lambda: world.Bcast(raw_np, root=leader)),
             "nochecksum": lambda: bucketed("none")}

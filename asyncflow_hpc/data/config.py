@@ -26,9 +26,11 @@ class DataConfig:
     eval_size: int = opt(128, "Held-out prompts evaluated at start and end (greedy); 0 = no evaluation.")
     eval_every: int = opt(0, "Also evaluate every this many steps (0 = only at start and end).")
     # The synthetic task of the embedded default (data.train_path empty).
-    synthetic_task: Literal["add_mod", "max", "copy_first"] = opt(
-        "add_mod", "add_mod: 'a+b=' -> (a+b) mod 10; max: largest digit; copy_first: the first digit.")
-    synthetic_digits: int = opt(2, "Digits in each synthetic prompt.")
+    synthetic_task: Literal["add_mod", "max", "copy_first", "arith"] = opt(
+        "add_mod", "add_mod: 'a+b=' -> (a+b) mod 10; max: largest digit; copy_first: the first digit "
+                   "(these three for the tiny model's character tokenizer); arith: 'What is 7 + 12?', "
+                   "scored by the math verifier (needs model.path).")
+    synthetic_digits: int = opt(2, "Digits in each synthetic prompt (arith: operands go up to 9 * this).")
     synthetic_train: int = opt(2000, "Synthetic training prompts.")
     synthetic_test: int = opt(200, "Synthetic held-out prompts (disjoint from the training prompts when possible).")
 

@@ -3,6 +3,8 @@
     add_mod:    '3+5=' -> '8'    '7+6=' -> '3'       ((a + b) mod 10 over all digits)
     max:        '3,9,2=' -> '9'
     copy_first: '3,9,2=' -> '3'
+    arith:      'What is 7 + 12?' -> '19'  (operands 1..9 * synthetic_digits; for real models with their own
+                tokenizer, scored by the math verifier: the response's final number counts)
 
 Train and held-out prompts are disjoint when the prompt space allows. The verifier reads the
 response up to eos and rewards an exact match (so formatting counts: '8' yes, '8 ' or '85' no).
@@ -32,8 +34,29 @@ def _question(task: str, digits: list[int]) -> str:
     return sep.join(str(d) for d in digits) + "="
 
 
+NATURAL_TASKS = ("arith",)  # phrased in words: need a model with its own (HF) tokenizer
+
+
+def make_arith(num_digits: int, n_train: int, n_test: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """'What is a + b?' with a, b in 1 .. 9*num_digits (num_digits=2: 1..18); held-out pairs never trained on."""
+    hi = 9 * num_digits
+    pairs = [(a, b) for a in range(1, hi + 1) for b in range(1, hi + 1)]
+    random.Random(seed).shuffle(pairs)
+    n_hold = min(n_test, len(pairs) // 4)
+    hold, rest = pairs[:n_hold], pairs[n_hold:]
+
+    def ex(i: int, ab: tuple[int, int]) -> Example:
+        q, a = f"What is {ab[0]} + {ab[1]}?", str(ab[0] + ab[1])
+        return Example(id=i, question=q, answer=a, reference=a)
+
+    test = [ex(i, hold[i % len(hold)]) for i in range(n_test)] if hold else []
+    return [ex(i, rest[i % len(rest)]) for i in range(n_train)], test
+
+
 def make_task(task: str, num_digits: int, n_train: int, n_test: int, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, held-out) examples, deterministic in `seed`."""
+    if task == "arith":
+        return make_arith(num_digits, n_train, n_test, seed)
     rng = random.Random(seed)
     space = 10 ** num_digits
     if space <= 10 ** 6:

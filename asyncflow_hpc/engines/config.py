@@ -19,7 +19,11 @@ class RolloutConfig:
     top_p: float = opt(1.0, "Nucleus sampling mass (1.0 = off).")
     top_k: int = opt(0, "Top-k sampling (0 = off).")
     eval_max_new_tokens: int = opt(-1, "Response length for held-out evaluation (greedy); -1 = max_new_tokens.")
-    gpu_memory_utilization: float = opt(0.4, "vLLM: fraction of device memory for weights + KV cache.")
+    gpu_memory_utilization: float = opt(0.4, "vLLM on GPU/NPU: fraction of device memory for weights + KV cache.")
+    kv_cache_gb: float = opt(1.0, "vLLM on CPU: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE).")
+    max_model_len: int = opt(0, "vLLM: longest prompt + response in tokens; 0 = data.max_prompt_tokens + the "
+                                "longest response (max_new_tokens or eval_max_new_tokens).")
+    enforce_eager: bool = opt(True, "vLLM: run eagerly (no CUDA graphs / torch.compile); faster start-up.")
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -34,6 +38,15 @@ class RolloutConfig:
             raise fail("top_k", f"must be >= 0, got {self.top_k}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise fail("gpu_memory_utilization", f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_gb <= 0:
+            raise fail("kv_cache_gb", f"must be > 0, got {self.kv_cache_gb}")
+        if self.max_model_len < 0:
+            raise fail("max_model_len", f"must be >= 0 (0 = derived), got {self.max_model_len}")
+
+    @property
+    def max_new_tokens_any(self) -> int:
+        """The longest response either sampling or evaluation asks for."""
+        return max(self.max_new_tokens, self.eval_max_new_tokens)
 
 
 @dataclass(kw_only=True)

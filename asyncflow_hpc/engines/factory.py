@@ -7,12 +7,14 @@ from typing import Any
 from asyncflow_hpc.engines.base import RolloutEngine, SamplingParams, TrainerEngine
 
 
-def sampling_params(rollout_cfg: Any, eos_id: int, *, greedy: bool = False) -> SamplingParams:
+def sampling_params(rollout_cfg: Any, stop_ids: int | tuple[int, ...], *, greedy: bool = False) -> SamplingParams:
+    """Sampling (or greedy evaluation) parameters; `stop_ids` is the tokenizer's stop ids (eos first)."""
     max_new = rollout_cfg.max_new_tokens
     if greedy and rollout_cfg.eval_max_new_tokens > 0:
         max_new = rollout_cfg.eval_max_new_tokens
+    stop = (stop_ids,) if isinstance(stop_ids, int) else tuple(stop_ids)
     return SamplingParams(max_new_tokens=max_new, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p,
-                          top_k=rollout_cfg.top_k, greedy=greedy, stop_token_ids=(eos_id,))
+                          top_k=rollout_cfg.top_k, greedy=greedy, stop_token_ids=stop)
 
 
 def make_rollout(cfg: Any, model: Any, device: str, *, seed: int = 0) -> RolloutEngine:
@@ -22,15 +24,32 @@ def make_rollout(cfg: Any, model: Any, device: str, *, seed: int = 0) -> Rollout
         from asyncflow_hpc.engines.torch_rollout import TorchRolloutEngine
 
         return TorchRolloutEngine(model, device=device)
-    from asyncflow_hpc.engines.vllm_rollout import VLLMRolloutEngine
+    from asyncflow_hpc.engines.vllm_rollout import VLLMOptions, VLLMRolloutEngine
     from asyncflow_hpc.errors import ConfigError
     from asyncflow_hpc.models.hf import expand_path
 
     if not cfg.model.path:
         raise ConfigError(f"rollout.engine={engine} needs model.path (a local HF model directory)")
-    return VLLMRolloutEngine(expand_path(cfg.model.path), dtype=cfg.model.dtype, seed=seed,
-                             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                             ascend=engine == "vllm_ascend")
+    r = cfg.rollout
+    opts = VLLMOptions(model_path=expand_path(cfg.model.path), dtype=cfg.model.dtype, seed=seed,
+                       max_model_len=r.max_model_len or cfg.data.max_prompt_tokens + r.max_new_tokens_any,
+                       gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gb=r.kv_cache_gb,
+                       enforce_eager=r.enforce_eager)
+    kind = device.split(":")[0]
+    if engine == "vllm_ascend" and kind != "npu":
+        raise ConfigError(f"rollout.engine=vllm_ascend needs device.kind=npu (this rank has {device})")
+    return VLLMRolloutEngine(opts, platform=kind)
+
+
+def owns_engine(cfg: Any, layout: Any, rank: int) -> bool:
+    """Whether `rank` builds a rollout engine: every rollout rank; trainer ranks too when the engine is the
+    torch one (it shares the trainer's model, so evaluation can use it for free). A vLLM engine holds
+    device memory and its own process group: only rollout ranks (and colocated ranks) own one."""
+    from asyncflow_hpc.topology.roles import Role
+
+    if layout.has(rank, Role.ROLLOUT):
+        return True
+    return cfg.rollout.engine == "torch" and layout.has(rank, Role.TRAINER)
 
 
 def make_trainer(cfg: Any, model: Any, *, pad_id: int, group: Any, device: str,

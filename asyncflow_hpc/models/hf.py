@@ -95,3 +95,31 @@ def forward_kwargs_cache_name(model: Any) -> str:
 
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def broadcast_tensors(model: Any) -> list[tuple[str, Any]]:
+    """The model's state dict without tied aliases (with tied embeddings `lm_head.weight` IS the embedding):
+    what the weight broadcast sends. Every receiver, torch or vLLM, re-ties on load."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.device.type != "meta" else None
+        if key is not None and key in seen:
+            continue
+        if key is None and name == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False):
+            continue  # meta tensors have no storage to compare; the config says it is tied
+        if key is not None:
+            seen.add(key)
+        out.append((name, t.detach()))
+    return out
+
+
+def shape_only_model(path: str, dtype: str = "float32") -> Any:
+    """The model at `path` built on the meta device: names, shapes and dtypes, no weights (a rank whose
+    engine loads the weights itself, e.g. vLLM, needs only the layout of the broadcast)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_cfg = AutoConfig.from_pretrained(expand_path(path), local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_cfg, dtype=_dtype(dtype))

@@ -20,6 +20,8 @@ class Tokenizer(Protocol):
     eos_id: int
     pad_id: int
     vocab_size: int
+    stop_ids: tuple[int, ...]  # generation ends at any of these (eos first)
+    has_chat_template: bool
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -32,6 +34,7 @@ class CharTokenizer:
     """One token per character; ids 0, 1 are <pad>, <eos>. Unknown characters are an error."""
 
     SPECIALS = ("<pad>", "<eos>")
+    has_chat_template = False
 
     def __init__(self, alphabet: str = DEFAULT_ALPHABET):
         if len(set(alphabet)) != len(alphabet):
@@ -40,6 +43,7 @@ class CharTokenizer:
         self.pad_id, self.eos_id = 0, 1
         self._to_id = {c: i + len(self.SPECIALS) for i, c in enumerate(alphabet)}
         self.vocab_size = len(alphabet) + len(self.SPECIALS)
+        self.stop_ids = (self.eos_id,)
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -86,6 +90,8 @@ class HFTokenizer:
         self.eos_id = int(eos)
         self.pad_id = int(self.tok.pad_token_id) if self.tok.pad_token_id is not None else self.eos_id
         self.vocab_size = len(self.tok)
+        self.stop_ids = stop_ids_of(directory, self.eos_id)
+        self.has_chat_template = bool(getattr(self.tok, "chat_template", None))
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))
@@ -99,13 +105,30 @@ class HFTokenizer:
         return [int(i) for i in ids]
 
     def decode(self, ids: list[int]) -> str:
+        """Text up to the first stop token."""
         ids = [int(i) for i in ids]
-        if self.eos_id in ids:
-            ids = ids[: ids.index(self.eos_id)]
-        return self.tok.decode(ids, skip_special_tokens=True)
+        cut = next((k for k, i in enumerate(ids) if i in self.stop_ids), len(ids))
+        return self.tok.decode(ids[:cut], skip_special_tokens=True)
 
     def save(self, directory: str) -> None:
         self.tok.save_pretrained(directory)
+
+
+def stop_ids_of(directory: str, eos_id: int) -> tuple[int, ...]:
+    """eos first, then every other eos id of the model's generation_config.json (an int or a list there)."""
+    ids = [eos_id]
+    path = os.path.join(directory, "generation_config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            try:
+                gen = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
+        more = gen.get("eos_token_id")
+        for i in (more if isinstance(more, list) else [more] if more is not None else []):
+            if int(i) not in ids:
+                ids.append(int(i))
+    return tuple(ids)
 
 
 def load_tokenizer(directory: str) -> Tokenizer:

@@ -2,7 +2,7 @@
 
     comms = Comms.create(layout, device_cfg)     # collective over COMM_WORLD
     comms.role_comm                              # MPI communicator of this rank's primary role
-    comms.weight_group                           # torch.distributed group: trainer leader + rollout ranks
+    comms.weight_group                           # StatelessGroup (topology/pg.py): trainer leader + rollout ranks
     comms.close()
 
 torch.distributed gets its rendezvous from MPI: rank 0 binds a free port and broadcasts host and
@@ -128,8 +128,9 @@ class Comms:
     torch_ready: bool = False
     trainer_group: Any = None  # torch.distributed group of all trainer ranks
     trainer_dp_group: Any = None  # torch.distributed group of the data-parallel peers of this rank
-    weight_group: Any = None  # torch.distributed group: trainer leader + rollout ranks
+    weight_group: Any = None  # topology.pg.StatelessGroup: trainer leader + rollout ranks
     _groups: list = field(default_factory=list)
+    _torch_ranks: dict = field(default_factory=dict)  # world rank -> rank in the default torch group
 
     @property
     def role(self) -> Role:
@@ -140,7 +141,7 @@ class Comms:
 
     @classmethod
     def create(cls, layout: Layout, device_cfg: DeviceConfig, *, init_torch: bool = True,
-               local_rank: int = 0, world: Any = None) -> "Comms":
+               local_rank: int = 0, world: Any = None, isolate_rollout: bool = False) -> "Comms":
         MPI = mpi()
         world = world if world is not None else MPI.COMM_WORLD
         rank = world.Get_rank()
@@ -151,10 +152,13 @@ class Comms:
         device = choose_device(device_cfg, local_rank)
         comms = cls(layout=layout, rank=rank, world=world, role_comm=role_comm, device=device)
         if init_torch:
-            comms._init_torch(device_cfg)
+            comms._init_torch(device_cfg, isolate_rollout=isolate_rollout and not layout.colocate)
         return comms
 
-    def _init_torch(self, device_cfg: DeviceConfig) -> None:
+    def _init_torch(self, device_cfg: DeviceConfig, isolate_rollout: bool = False) -> None:
+        """torch.distributed for this job. The default group spans every rank, or only the trainer ranks
+        when `isolate_rollout` (an in-process vLLM engine on the rollout ranks builds its own default
+        group; see topology/pg.py). The weight group is always a StatelessGroup."""
         import torch
         import torch.distributed as dist
 
@@ -168,23 +172,33 @@ class Comms:
         # (all zeros) must not send ranks on other hosts to their own 127.0.0.1.
         hosts = self.world.allgather(socket.gethostname())
         single_node = len(set(self.layout.nodes)) <= 1 and len(set(hosts)) <= 1
-        addr = None
-        if self.rank == 0:
-            addr = (_rendezvous_host(single_node), _free_port())
-        host, port = self.world.bcast(addr, root=0)
         timeout = datetime.timedelta(seconds=device_cfg.dist_timeout_s)
-        dist.init_process_group(backend=self.device.backend, init_method=f"tcp://{host}:{port}",
-                                rank=self.rank, world_size=self.layout.world_size, timeout=timeout)
-        self.torch_ready = True
-        # new_group is collective over the default group: every rank creates every group, in order.
-        self.trainer_group = self._group(self.layout.trainer_ranks)
-        for dp in self.layout.trainer_dp_groups():
-            g = self._group(dp)
-            if self.rank in dp:
-                self.trainer_dp_group = g
+        members = tuple(sorted(self.layout.trainer_ranks)) if isolate_rollout else tuple(range(self.layout.world_size))
+        self._torch_ranks = {r: i for i, r in enumerate(members)}
+        host, port = self._rendezvous(single_node, members[0])
+        if self.rank in members:
+            dist.init_process_group(backend=self.device.backend, init_method=f"tcp://{host}:{port}",
+                                    rank=self._torch_ranks[self.rank], world_size=len(members), timeout=timeout)
+            self.torch_ready = True
+            # new_group is collective over the default group: every member creates every group, in order.
+            self.trainer_group = self._group(self.layout.trainer_ranks)
+            for dp in self.layout.trainer_dp_groups():
+                g = self._group(dp)
+                if self.rank in dp:
+                    self.trainer_dp_group = g
         wg = self.layout.weight_group()
         if len(wg) > 1:
-            self.weight_group = self._group(wg)
+            host, port = self._rendezvous(single_node, wg[0])
+            if self.rank in wg:
+                from asyncflow_hpc.topology.pg import StatelessGroup
+
+                self.weight_group = StatelessGroup(wg, self.rank, host=host, port=port, backend=self.device.backend,
+                                                   timeout_s=device_cfg.dist_timeout_s, device=self.device.kind)
+
+    def _rendezvous(self, single_node: bool, root: int) -> tuple[str, int]:
+        """(host, port) picked by world rank `root` and shared with every rank (collective over the world)."""
+        addr = (_rendezvous_host(single_node), _free_port()) if self.rank == root else None
+        return self.world.bcast(addr, root=root)
 
     def _group(self, ranks) -> Any:
         import torch.distributed as dist
@@ -192,11 +206,14 @@ class Comms:
         ranks = sorted(ranks)
         if not ranks:
             return None
-        g = dist.new_group(ranks=ranks)
+        g = dist.new_group(ranks=[self._torch_ranks[r] for r in ranks])
         self._groups.append(g)
         return g if self.rank in ranks else None
 
     def close(self) -> None:
+        if self.weight_group is not None and hasattr(self.weight_group, "destroy"):
+            self.weight_group.destroy()
+            self.weight_group = None
         if self.torch_ready:
             import torch.distributed as dist
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from asyncflow_hpc.topology.pg import group_backend, group_broadcast
 from asyncflow_hpc.weights.buckets import BucketPlan
 from asyncflow_hpc.weights.checksum import bucket_checksum
 from asyncflow_hpc.weights.config import WeightSyncConfig
@@ -54,11 +55,10 @@ class WeightReceiver:
                  cfg: WeightSyncConfig | None = None, last_version: int = -1, comm_device: str = "cpu",
                  backend: str | None = None):
         import torch
-        import torch.distributed as dist
 
         self.group, self.plan, self.src, self.rank, self.role = group, plan, src, rank, role
         self.cfg = cfg or WeightSyncConfig()
-        self.backend = backend or str(dist.get_backend(group))
+        self.backend = backend or group_backend(group)
         self.comm_device = comm_device
         self.buffers = [FlatBuffer(plan, "cpu", pin=comm_device != "cpu") for _ in range(self.cfg.staging_buffers)]
         biggest = max((b.nbytes for b in plan.buckets), default=0)
@@ -240,9 +240,7 @@ class WeightReceiver:
                   stop=self._stop)
 
     def _bcast(self, tensor):
-        import torch.distributed as dist
-
-        return dist.broadcast(tensor, src=self.src, group=self.group, async_op=True)
+        return group_broadcast(self.group, tensor, self.src)
 
     def _post_control(self, cpu_tensor):
         t = cpu_tensor if self._dev is None else cpu_tensor.to(self.comm_device)

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from asyncflow_hpc.topology.pg import group_backend, group_broadcast
 from asyncflow_hpc.weights.buckets import BucketPlan, check_named, dtype_name
 from asyncflow_hpc.weights.checksum import ALGORITHMS, bucket_checksum
 from asyncflow_hpc.weights.config import WeightSyncConfig
@@ -74,13 +75,12 @@ class WeightSender:
     def __init__(self, group, plan: BucketPlan, *, src: int, rank: int, role: str = "trainer",
                  cfg: WeightSyncConfig | None = None, comm_device: str = "cpu", backend: str | None = None):
         import torch
-        import torch.distributed as dist
 
         if src != rank:
             raise ValueError(f"WeightSender runs on the source rank {src}, not on rank {rank}")
         self.group, self.plan, self.src, self.rank, self.role = group, plan, src, rank, role
         self.cfg = cfg or WeightSyncConfig()
-        self.backend = backend or str(dist.get_backend(group))
+        self.backend = backend or group_backend(group)
         self.flat = FlatBuffer(plan, "cpu", pin=comm_device != "cpu")
         # Header + checksums in one int64 buffer: words [0, CONTROL_WORDS) travel as the one control
         # message of a sync, the rest (only for very many buckets) as its overflow.
@@ -236,9 +236,7 @@ class WeightSender:
         self._wait(work, what=what, version=version)
 
     def _post(self, tensor):
-        import torch.distributed as dist
-
-        return dist.broadcast(tensor, src=self.src, group=self.group, async_op=True)
+        return group_broadcast(self.group, tensor, self.src)
 
     def _wait(self, work, *, what: str, version: int | None, bucket: int | None = None) -> None:
         wait_work(work, timeout_s=self.cfg.timeout_s, what=what, rank=self.rank, role=self.role,

@@ -50,19 +50,26 @@ class Task:
     reward_fn: Callable[[str, str, str], float]
     prompt_ids: Callable[[Example], list[int]]
     prompt_text: Callable[[Example], str]
+    skipped_long: int = 0  # training prompts longer than data.max_prompt_tokens (reported at start)
 
 
-def build_task(cfg: Any, device: str) -> Task:
-    """Model, tokenizer, data and reward from the JobConfig (the synthetic task when data.train_path is empty)."""
+def build_task(cfg: Any, device: str, *, weights: bool = True) -> Task:
+    """Model, tokenizer, data and reward from the JobConfig (the synthetic task when data.train_path is empty).
+    weights=False: the model is built on the meta device (layout only), for a rank whose engine loads the
+    weights itself. Prompts are rendered (template, chat template) and length-checked once, here."""
     from asyncflow_hpc.data import synthetic
-    from asyncflow_hpc.data.loaders import DataError, load_examples
-    from asyncflow_hpc.models.hf import build_policy
-    from asyncflow_hpc.models.tokenizer import CharTokenizer
+    from asyncflow_hpc.data.loaders import load_examples
+    from asyncflow_hpc.errors import ConfigError
+    from asyncflow_hpc.models.hf import build_policy, shape_only_model
+    from asyncflow_hpc.models.tokenizer import CharTokenizer, load_tokenizer
     from asyncflow_hpc.rewards.math_verify import math_reward
     from asyncflow_hpc.rewards.registry import make_reward_fn
 
     d = cfg.data
     if d.train_path:
+        if not cfg.model.path:
+            raise ConfigError(f"data.train_path={d.train_path!r} needs model.path (a local HF model directory "
+                              f"with its tokenizer); the tiny embedded model only covers the synthetic task")
         train = load_examples(d.train_path, question_key=d.question_key, answer_key=d.answer_key)
         if d.test_path:
             test = load_examples(d.test_path, question_key=d.question_key, answer_key=d.answer_key,
@@ -70,32 +77,59 @@ def build_task(cfg: Any, device: str) -> Task:
         else:
             test, train = train[:d.eval_size], train[d.eval_size:]
         verifier = math_reward
-        if not cfg.model.path:
-            from asyncflow_hpc.errors import ConfigError
-
-            raise ConfigError(f"data.train_path={d.train_path!r} needs model.path (a local HF model directory "
-                              f"with its tokenizer); the tiny embedded model only covers the synthetic task")
-        model, tok = build_policy(cfg.model, None, device)
+        tok0 = None
     else:
         train, test = synthetic.make_task(d.synthetic_task, d.synthetic_digits, d.synthetic_train,
                                           d.synthetic_test, cfg.run.seed)
-        verifier = synthetic.exact_reward
-        model, tok = build_policy(cfg.model, CharTokenizer(synthetic.ALPHABET), device)
+        natural = d.synthetic_task in synthetic.NATURAL_TASKS
+        if natural and not cfg.model.path:
+            raise ConfigError(f"data.synthetic_task={d.synthetic_task} is phrased in words: it needs model.path "
+                              f"(a model with its own tokenizer)")
+        verifier = math_reward if natural else synthetic.exact_reward
+        tok0 = None if natural else CharTokenizer(synthetic.ALPHABET)
+    if weights or not cfg.model.path:
+        model, tok = build_policy(cfg.model, tok0, device)
+    else:
+        from asyncflow_hpc.models.hf import expand_path
 
-    def text(ex: Example) -> str:
-        return d.prompt_template.replace("{question}", ex.question)
-
-    def ids(ex: Example) -> list[int]:
-        t = text(ex)
-        if d.chat_template and hasattr(tok, "encode_chat"):
-            return tok.encode_chat(t)
-        return tok.encode(t)
-
-    keep = [ex for ex in train if len(ids(ex)) <= d.max_prompt_tokens]
+        model, tok = shape_only_model(cfg.model.path, cfg.model.dtype), load_tokenizer(expand_path(cfg.model.path))
+    if d.chat_template and not tok.has_chat_template:
+        raise ConfigError(f"data.chat_template=true but the tokenizer of {cfg.model.path or 'the tiny model'} has "
+                          f"no chat template; set data.chat_template=false")
+    prompts = PromptRenderer(tok, d.prompt_template, d.chat_template)
+    keep = [ex for ex in train if len(prompts.ids(ex)) <= d.max_prompt_tokens]
+    long_test = sum(len(prompts.ids(ex)) > d.max_prompt_tokens for ex in test)
     if not keep:
-        raise DataError(f"data.max_prompt_tokens={d.max_prompt_tokens}: every training prompt is longer")
-    return Task(tokenizer=tok, model=model, train=keep, test=test,
-                reward_fn=make_reward_fn(cfg.reward, verifier), prompt_ids=ids, prompt_text=text)
+        raise ConfigError(f"data.max_prompt_tokens={d.max_prompt_tokens}: every training prompt of "
+                          f"{d.train_path or 'the synthetic task'} is longer")
+    if long_test:
+        raise ConfigError(f"data.max_prompt_tokens={d.max_prompt_tokens}: {long_test} held-out prompts of "
+                          f"{d.test_path or d.train_path} are longer (they cannot be skipped without changing "
+                          f"the evaluation); raise it")
+    task = Task(tokenizer=tok, model=model, train=keep, test=test, reward_fn=make_reward_fn(cfg.reward, verifier),
+                prompt_ids=prompts.ids, prompt_text=prompts.text)
+    task.skipped_long = len(train) - len(keep)
+    return task
+
+
+class PromptRenderer:
+    """Prompt text and token ids of an example, rendered once (template, then the chat template if asked)."""
+
+    def __init__(self, tok: Any, template: str, chat: bool):
+        self.tok, self.template, self.chat = tok, template, chat
+        self._ids: dict[tuple[str, str], list[int]] = {}
+
+    def text(self, ex: Example) -> str:
+        return self.template.replace("{question}", ex.question)
+
+    def ids(self, ex: Example) -> list[int]:
+        key = (ex.question, ex.reference)
+        got = self._ids.get(key)
+        if got is None:
+            t = self.text(ex)
+            got = self.tok.encode_chat(t) if self.chat else self.tok.encode(t)
+            self._ids[key] = got
+        return got
 
 
 def generate_groups(engine: Any, task: Task, prompt_ids: Sequence[int], *, run_seed: int, step: int, n: int,
@@ -129,24 +163,21 @@ def group_advantages(rewards: Any, algo_cfg: Any) -> Any:
 
 
 def assign_advantages(rows: list[Row], algo_cfg: Any) -> None:
-    """Fill row.advantage for a whole global batch (GRPO: per prompt group; ppo: batch baseline)."""
-    from asyncflow_hpc.algorithms.advantages import batch_baseline_advantages, grpo_advantages
+    """Fill row.advantage for a whole global batch (algorithms/advantages.py: compute_advantages)."""
+    from asyncflow_hpc.algorithms.advantages import compute_advantages
 
-    rewards = [r.reward for r in rows]
-    if algo_cfg.name == "grpo":
-        adv = grpo_advantages(rewards, [r.prompt_id for r in rows], norm_std=algo_cfg.norm_adv_by_std,
-                              eps=algo_cfg.adv_eps)
-    else:
-        adv = batch_baseline_advantages(rewards)
+    adv = compute_advantages([r.reward for r in rows], [r.prompt_id for r in rows],
+                             [len(r.response_ids) for r in rows], algo_cfg)
     for r, a in zip(rows, adv):
         r.advantage = a
 
 
 def evaluate_local(engine: Any, task: Task, examples: Sequence[Example], params: Any) -> tuple[float, float, int]:
-    """Greedy answers to `examples`: (sum of rewards, number correct (reward > 0.5), count)."""
+    """Greedy answers to `examples`: (sum of rewards, number correct (reward > 0.5), count). One engine call:
+    each distinct prompt is its own group (the torch engine batches per group; vLLM batches them all)."""
     total, correct = 0.0, 0
-    for ex in examples:
-        (g,) = engine.generate([task.prompt_ids(ex)], params, [0])
+    gens = engine.generate([task.prompt_ids(ex) for ex in examples], params, [0] * len(examples)) if examples else []
+    for ex, g in zip(examples, gens):
         r = task.reward_fn(task.prompt_text(ex), task.tokenizer.decode(g.response_ids), ex.reference)
         total += r
         correct += int(r > 0.5)

@@ -33,7 +33,8 @@ def run_rank(cfg, env: JobEnv) -> int:
     torch.set_num_threads(cfg.device.threads_per_rank)
     t0 = time.perf_counter()
     layout = build_layout(cfg, env, world)
-    comms = Comms.create(layout, cfg.device, local_rank=env.local_rank, world=world)
+    comms = Comms.create(layout, cfg.device, local_rank=env.local_rank, world=world,
+                         isolate_rollout=cfg.rollout.engine != "torch")
     if world.rank == 0:
         print(f"asyncflow-hpc: {layout.describe()} device={comms.device.kind}/{comms.device.backend} "
               f"job={cfg.workflow.job} mode={cfg.workflow.mode} (setup {time.perf_counter() - t0:.1f}s)", flush=True)

@@ -37,7 +37,8 @@ def rma_round_trip(comm, nbytes: int = 1 << 16) -> None:
 def weight_broadcast_check(comms: Comms, numel: int = 1 << 16) -> int:
     """Trainer leader broadcasts a tensor to the rollout ranks; returns how many ranks verified it."""
     import torch
-    import torch.distributed as dist
+
+    from asyncflow_hpc.topology.pg import group_broadcast
 
     group = comms.weight_group
     ranks = comms.layout.weight_group()
@@ -48,7 +49,7 @@ def weight_broadcast_check(comms: Comms, numel: int = 1 << 16) -> int:
     t = expected.clone() if comms.rank == leader else torch.zeros(numel, dtype=torch.float32)
     if comms.device.kind != "cpu":
         t = t.to(comms.device.torch_device)
-    dist.broadcast(t, src=leader, group=group)
+    group_broadcast(group, t, leader).wait()
     if not torch.equal(t.cpu(), expected):
         raise RankError("weight-group broadcast delivered a wrong tensor", rank=comms.rank, role=str(comms.role))
     return 1

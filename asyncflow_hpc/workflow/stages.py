@@ -9,13 +9,17 @@ from asyncflow_hpc.workflow import common
 from asyncflow_hpc.workflow.metrics import span
 
 
-def eval_share(examples: list, layout: Any, rank: int) -> list:
-    """This rank's part of the held-out set: split over the ranks that hold the policy (trainer and rollout
-    ranks). Dedicated store, reward and reference ranks evaluate nothing: their engines keep the initial
-    weights, so the end-of-run accuracy would count a share of answers from the untrained policy."""
+def eval_share(examples: list, layout: Any, rank: int, engine: str = "torch") -> list:
+    """This rank's part of the held-out set: split over the ranks that hold the policy and own an engine
+    (rollout ranks; trainer ranks too with the torch engine, which shares their model). Dedicated store,
+    reward and reference ranks evaluate nothing: their weights stay the initial ones, so the end-of-run
+    accuracy would count a share of answers from the untrained policy."""
     from asyncflow_hpc.topology.roles import Role
 
-    holders = [r for r in range(layout.world_size) if layout.has(r, Role.TRAINER) or layout.has(r, Role.ROLLOUT)]
+    def holds(r: int) -> bool:
+        return layout.has(r, Role.ROLLOUT) or (engine == "torch" and layout.has(r, Role.TRAINER))
+
+    holders = [r for r in range(layout.world_size) if holds(r)]
     return split_even(examples, len(holders))[holders.index(rank)] if rank in holders else []
 
 
@@ -23,8 +27,8 @@ def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) 
     """Held-out accuracy and mean reward over data.eval_size prompts, split over the policy ranks (collective
     over the world)."""
     examples = task.test[:cfg.data.eval_size]
-    mine = eval_share(list(examples), comms.layout, comms.rank)
-    total, correct, count = common.evaluate_local(engine, task, mine, params)
+    mine = eval_share(list(examples), comms.layout, comms.rank, cfg.rollout.engine)
+    total, correct, count = common.evaluate_local(engine, task, mine, params) if mine else (0.0, 0, 0)
     parts = comms.world.allgather((total, correct, count))
     total, correct, count = (sum(p[i] for p in parts) for i in range(3))
     return {"accuracy": correct / max(count, 1), "mean_reward": total / max(count, 1), "count": count}
