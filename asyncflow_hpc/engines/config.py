@@ -53,7 +53,9 @@ class RolloutConfig:
 class TrainerConfig:
     """The training engine that updates the policy."""
 
-    engine: Literal["torch", "mindspeed"] = opt("torch", "Trainer engine.")
+    engine: Literal["torch", "fsdp", "mindspeed"] = opt(
+        "torch", "Trainer engine: torch (a full replica per rank), fsdp (PyTorch FSDP2: parameters, gradients "
+                 "and optimizer state sharded over the trainer ranks), mindspeed.")
     lr: float = opt(1e-5, "AdamW learning rate.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     betas: list[float] = opt(factory=lambda: [0.9, 0.999], help="AdamW betas.")
@@ -61,6 +63,12 @@ class TrainerConfig:
     micro_batch_rows: int = opt(16, "Rows per forward/backward on one data-parallel rank.")
     updates_per_step: int = opt(1, "Optimizer updates per trainer step (the global batch split into this many mini-batches).")
     allreduce_bucket_mb: float = opt(64.0, "Gradient all-reduce bucket size (MiB) over the trainer group.")
+    fsdp_activation_checkpointing: bool = opt(
+        False, "trainer.engine=fsdp: recompute each decoder layer's activations in backward (less memory, "
+               "about one more forward).")
+    fsdp_cpu_offload: bool = opt(
+        False, "trainer.engine=fsdp: keep the sharded parameters, gradients and optimizer state in host memory "
+               "and step the optimizer there (FSDP2 CPUOffloadPolicy).")
     sft_warmup_steps: int = opt(0, "Supervised warm-up steps on reference answers before RL (0 = none).")
     sft_lr: float = opt(1e-3, "Learning rate of the supervised warm-up.")
     sft_targets: Literal["shuffled", "reference"] = opt(
@@ -82,3 +90,6 @@ class TrainerConfig:
             raise fail("sft_warmup_steps", f"must be >= 0, got {self.sft_warmup_steps}")
         if self.allreduce_bucket_mb <= 0:
             raise fail("allreduce_bucket_mb", f"must be > 0, got {self.allreduce_bucket_mb}")
+        for name in ("fsdp_activation_checkpointing", "fsdp_cpu_offload"):
+            if getattr(self, name) and self.engine != "fsdp":
+                raise fail(name, f"applies to trainer.engine=fsdp only (engine is {self.engine!r}); set it to false")

@@ -61,6 +61,10 @@ def make_trainer(cfg: Any, model: Any, *, pad_id: int, group: Any, device: str,
         from asyncflow_hpc.engines.mindspeed_trainer import MindSpeedTrainerEngine
 
         return MindSpeedTrainerEngine(model, **kwargs)
+    if cfg.trainer.engine == "fsdp":
+        from asyncflow_hpc.engines.fsdp_trainer import FSDPTrainerEngine
+
+        return FSDPTrainerEngine(model, **kwargs)
     from asyncflow_hpc.engines.torch_trainer import TorchTrainerEngine
 
     return TorchTrainerEngine(model, **kwargs)

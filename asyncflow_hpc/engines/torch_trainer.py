@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from asyncflow_hpc.algorithms import losses
+from asyncflow_hpc.algorithms import objective
+from asyncflow_hpc.algorithms.advantages import zero_signal_share
 from asyncflow_hpc.algorithms.config import AlgorithmConfig
 from asyncflow_hpc.engines.base import Row, TrainerEngine, sorted_rows
 from asyncflow_hpc.engines.batching import chunks, collate, response_logprobs, split_even
@@ -96,80 +97,80 @@ class TorchTrainerEngine(TrainerEngine):
 
     # --- one RL step ---------------------------------------------------------------------------
     def train_step(self, rows: list[Row]) -> dict[str, float]:
-
         rows = sorted_rows(rows)
         if not rows:
             raise ValueError("train_step: empty batch")
-        sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_max": 0.0, "is_weight": 0.0}
-        grad_norms = []
         minis = split_even(rows, min(self.cfg.updates_per_step, len(rows)))
         shards = [split_even(mini, self.dp_size)[self.dp_rank] for mini in minis]
-        prox: dict[tuple[int, int], list[float]] = {}
-        if self.algo.proximal == "recompute":
-            # The proximal policy is the policy at the start of the step, for every mini-batch.
+        before: dict[tuple[int, int], list[float]] = {}
+        if self.algo.proximal == "recompute" or len(minis) > 1:
+            # The policy at the start of the step: the proximal policy (recompute) for every mini-batch, and
+            # the trainer side of the rollout-trainer mismatch. With one update and proximal=behaviour the
+            # training forward itself runs on these weights, so no extra forward is needed.
             local = [r for s in shards for r in s]
-            prox = {r.key: lp for r, lp in zip(local, self.log_probs(local))}
+            before = {r.key: lp for r, lp in zip(local, self.log_probs(local))}
+        sums = dict.fromkeys(("loss", "pg_loss", objective.ONPOLICY_TOKENS) + objective.SUM_KEYS
+                             + objective.ONPOLICY_SUM_KEYS, 0.0)
+        maxes = dict.fromkeys(objective.MAX_KEYS, 0.0)
+        grad_norms = []
         for mini, shard in zip(minis, shards):
-            tokens = sum(len(r.response_ids) for r in mini)
-            denom = float(tokens if self.algo.loss_agg == "token_mean" else len(mini))
+            denom = self._denominator(mini)
             self.model.train()
             self.optimizer.zero_grad(set_to_none=False)
             for mb in chunks(shard, self.cfg.micro_batch_rows):
-                part = self._micro_loss(mb, denom, tokens, prox)
-                part["loss"].backward()
-                part["loss"] = part["loss"].detach()
-                for k in sums:
-                    v = part[k]
-                    sums[k] = max(sums[k], float(v)) if k == "ratio_max" else sums[k] + float(v)
+                out = self._micro_objective(mb, denom, before)
+                out.loss.backward()
+                sums["loss"] += float(out.loss.detach())
+                sums["pg_loss"] += out.pg_loss
+                for k, v in out.sums.items():
+                    sums[k] += v
+                for k, v in out.maxes.items():
+                    maxes[k] = max(maxes[k], v)
             grad_norms.append(self._reduce_and_step())
-        metrics = self._reduce_metrics(sums, len(minis))
+        tokens = sum(len(r.response_ids) for r in rows)
+        metrics = self._reduce_metrics(sums, maxes, tokens)
         metrics["grad_norm"] = grad_norms[-1]
         metrics["rows"] = float(len(rows))
-        metrics["response_tokens"] = float(sum(len(r.response_ids) for r in rows))
+        metrics["response_tokens"] = float(tokens)
+        metrics["zero_signal_groups"] = zero_signal_share([r.reward for r in rows], [r.prompt_id for r in rows])
         self.version += 1
         return metrics
 
-    def _micro_loss(self, mb: list[Row], denom: float, tokens: int,
-                    prox_map: dict[tuple[int, int], list[float]]) -> dict[str, Any]:
+    def _denominator(self, mini: list[Row]) -> float:
+        """The GLOBAL normaliser of algorithm.loss_agg for one mini-batch (losses.aggregate)."""
+        agg = self.algo.loss_agg
+        if agg == "token_mean":
+            return float(sum(len(r.response_ids) for r in mini))
+        if agg == "seq_mean_token_mean":
+            return float(len(mini))
+        if not self.algo.max_response_len:
+            raise ValueError("algorithm.loss_agg=seq_mean_token_sum_norm needs the rollout's max_new_tokens "
+                             "(AlgorithmConfig.check_job, done by the job config)")
+        return float(len(mini) * self.algo.max_response_len)
+
+    def _micro_objective(self, mb: list[Row], denom: float,
+                         before_map: dict[tuple[int, int], list[float]]) -> objective.Output:
         import torch
 
-        a = self.algo
-        use_kl = a.kl_term
         t = collate(mb, self.pad_id, self.device)
-        if t.ref_logprobs is None and (self.ref_model is not None or use_kl):
+        if t.ref_logprobs is None and (self.ref_model is not None or self.algo.kl_term):
             if self.ref_model is None:  # dedicated reference ranks fill the column; these rows have none
                 raise ValueError("algorithm.kl_coef > 0 but the rows carry no reference log-probs and this trainer "
                                  "holds no reference model (topology.reference_ranks computes them)")
             self._fill_ref(mb)
             t = collate(mb, self.pad_id, self.device)
-        logp = response_logprobs(self.model, t, self.temperature)
-        if prox_map:
-            prox = torch.zeros_like(t.behav_logprobs)
+        logp, entropy = response_logprobs(self.model, t, self.temperature, with_entropy=True)
+        if before_map:
+            before = torch.zeros_like(t.behav_logprobs)
             for i, r in enumerate(mb):
-                prox[i, :len(r.response_ids)] = torch.tensor(prox_map[r.key], dtype=prox.dtype)
+                before[i, :len(r.response_ids)] = torch.tensor(before_map[r.key], dtype=before.dtype)
         else:
-            prox = t.behav_logprobs
-        per_tok = losses.ppo_clip_loss(logp, prox, t.advantages, clip_low=a.clip_eps, clip_high=a.upper_clip)
-        weight = torch.ones_like(per_tok)
-        if a.correction != "none":
-            cap = a.tis_cap if a.correction == "tis" else None
-            weight = losses.importance_weights(prox, t.behav_logprobs, cap=cap)
-        pg = per_tok * weight
-        kl = torch.zeros_like(pg)
-        if use_kl:
-            kl = losses.kl_penalty(logp, t.ref_logprobs, a.kl_estimator)
-        loss = losses.aggregate(pg + a.kl_coef * kl, t.response_mask, a.loss_agg, denom)
-        m = t.response_mask
-        with torch.no_grad():
-            return {
-                "loss": loss,
-                "pg_loss": losses.aggregate(pg.detach(), m, a.loss_agg, denom),
-                "kl": (kl.detach() * m).sum() / tokens,
-                "clip_frac": losses.clip_fraction(logp.detach(), prox, m, clip_low=a.clip_eps,
-                                                  clip_high=a.upper_clip) / tokens,
-                "ratio_max": (torch.exp(logp.detach() - prox) * m).max(),
-                "is_weight": (weight * m).sum() / tokens,
-            }
+            before = logp.detach()
+        old = before if self.algo.proximal == "recompute" else t.behav_logprobs
+        x = objective.Inputs(logp=logp, old=old, behav=t.behav_logprobs, adv=t.advantages, mask=t.response_mask,
+                             ref=t.ref_logprobs, before=before, entropy=entropy,
+                             onpolicy=torch.tensor([float(r.version == self.version) for r in mb]))
+        return objective.micro_objective(self.algo, x, denom)
 
     def _fill_ref(self, rows: list[Row]) -> None:
         for r, lp in zip(rows, self.log_probs(rows, reference=True)):
@@ -188,21 +189,24 @@ class TorchTrainerEngine(TrainerEngine):
         (optimizer or self.optimizer).step()
         return norm
 
-    def _reduce_metrics(self, sums: dict[str, float], n_updates: int) -> dict[str, float]:
+    def _reduce_metrics(self, sums: dict[str, float], maxes: dict[str, float], tokens: int) -> dict[str, float]:
+        """Sums over the trainer group (maxima by max); token sums become means over the step's tokens."""
         import torch
 
-        keys = [k for k in sums if k != "ratio_max"]
+        keys, mkeys = list(sums), list(maxes)
         vec = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
-        mx = torch.tensor([sums["ratio_max"]], dtype=torch.float64)
+        mx = torch.tensor([maxes[k] for k in mkeys], dtype=torch.float64)
         if self.dp_size > 1:
             import torch.distributed as dist
 
             dist.all_reduce(vec, group=self.group)
             dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=self.group)
         out = {k: float(v) for k, v in zip(keys, vec.tolist())}
-        for k in ("kl", "clip_frac", "is_weight"):  # token means summed over mini-batches
-            out[k] /= n_updates
-        out["ratio_max"] = float(mx[0])
+        for k in objective.SUM_KEYS:
+            out[k] /= max(tokens, 1)
+        for k in objective.ONPOLICY_SUM_KEYS:
+            out[k] /= max(out[objective.ONPOLICY_TOKENS], 1.0)
+        out.update({k: float(v) for k, v in zip(mkeys, mx.tolist())})
         return out
 
     # --- supervised warm-up --------------------------------------------------------------------
@@ -245,7 +249,9 @@ class TorchTrainerEngine(TrainerEngine):
         self.version = int(state["version"])
 
     def named_parameters_for_broadcast(self) -> list[tuple[str, Any]]:
-        return [(k, v.detach()) for k, v in self.model.state_dict().items()]
+        from asyncflow_hpc.models.hf import broadcast_tensors
+
+        return broadcast_tensors(self.model)
 
 
 def _group_rank_size(group: Any) -> tuple[int, int]:

@@ -54,6 +54,7 @@ PLATFORMS = {
     "npu": Platform("npu", "vllm_ascend", "pip install vllm-ascend (with torch_npu and CANN)"),
 }
 COMMON_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1",
+              "VLLM_LOGGING_LEVEL": "WARNING",  # its INFO lines, times every rank, drown the progress line
               "TRANSFORMERS_OFFLINE": "1"}
 
 

@@ -131,7 +131,7 @@ def _run_monitored(cfg, cmd: list[str], env: dict[str, str]) -> int:
 
     import socket
 
-    from asyncflow_hpc.launch.monitor import ENV_DIR, ENV_INTERVAL, ENV_LAUNCHER, watch
+    from asyncflow_hpc.launch.monitor import ENV_DIR, ENV_INTERVAL, ENV_LAUNCHER, StopRequest, watch
 
     hb = heartbeat_dir(cfg)
     _sh.rmtree(hb, ignore_errors=True)  # beats of an earlier launch of this run must not be read as ours
@@ -143,17 +143,20 @@ def _run_monitored(cfg, cmd: list[str], env: dict[str, str]) -> int:
     except FileNotFoundError as exc:
         raise LaunchError(f"cannot start {cmd[0]}: {exc}") from None
 
+    is_srun = os.path.basename(cmd[0]) == "srun"
+    stop = StopRequest(srun=is_srun)
+
     def forward(signum, _frame):
-        """Ctrl-C / TERM: the whole child group. The warning signal (USR2): straight to the ranks (their
-        heartbeats name their pids), because MPICH's hydra processes die on an unexpected USR2; srun
-        forwards it to its tasks itself."""
+        """Ctrl-C / TERM: watch() ends the job (one line, exit 130 / 143; see monitor.stop_job). The warning
+        signal (USR2): straight to the ranks (their heartbeats name their pids), because MPICH's hydra
+        processes die on an unexpected USR2; srun forwards it to its tasks itself."""
         from asyncflow_hpc.launch.monitor import read_heartbeats
 
         try:
             if signum != signal.SIGUSR2:
-                os.killpg(proc.pid, signum)
+                stop.signum = stop.signum or signum
                 return
-            if cmd[0] == "srun" or os.path.basename(cmd[0]) == "srun":
+            if is_srun:
                 proc.send_signal(signum)
                 return
             host = socket.gethostname()
@@ -163,9 +166,14 @@ def _run_monitored(cfg, cmd: list[str], env: dict[str, str]) -> int:
         except (ProcessLookupError, PermissionError, ValueError):
             pass
 
+    from asyncflow_hpc.launch.cleanup import JobTemps
+
+    temps = JobTemps().start()  # notes the MPI temp files this job's processes hold, removed at the end
     old = {s: signal.signal(s, forward) for s in (signal.SIGUSR2, signal.SIGINT, signal.SIGTERM)}
     try:
-        return watch(proc, hb, cfg.topology.world_size, cfg.monitor)
+        return watch(proc, hb, cfg.topology.world_size, cfg.monitor, stop=stop)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        temps.stop()
+        temps.clean()  # what an aborted job left (shared-memory segments, hydra's hwloc file); only its own

@@ -75,6 +75,7 @@ class Heartbeat:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self._act, self._since, self.status = "starting", time.time(), "running"
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # one writer at a time: a final status is never replaced by "running"
         os.makedirs(directory, exist_ok=True)
         self._write()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -106,7 +107,7 @@ class Heartbeat:
                                      and b.get("status") == "running" and not _alive(int(b.get("pid", 0))))
         self._stop.set()
         try:
-            self._write()
+            self._write(final=True)
         except OSError:
             return False
         return True
@@ -126,7 +127,13 @@ class Heartbeat:
                       file=sys.stderr, flush=True)
                 os._exit(70)
 
-    def _write(self) -> None:
+    def _write(self, final: bool = False) -> None:
+        with self._lock:
+            if self._stop.is_set() and not final:
+                return  # finish() has written (or is writing) the last record
+            self._write_locked()
+
+    def _write_locked(self) -> None:
         rec = {"rank": self.rank, "role": self.role, "host": self.host, "pid": self.pid, "time": time.time(),
                "activity": self._act, "since": self._since, "status": self.status,
                "dead_peers": getattr(self, "dead_peers", [])}
@@ -210,10 +217,11 @@ def describe(rec: dict[str, Any], now: float, what: str) -> str:
 
 
 def find_culprit(beats: dict[int, dict[str, Any]], cfg: MonitorConfig, now: float,
-                 host: str | None = None, first_dead: int | None = None) -> str | None:
+                 host: str | None = None, first_dead: int | None = None, gone: set[int] | None = None) -> str | None:
     """One line naming the first failed rank, or None while every rank looks healthy (pure but for pid checks).
 
-    `first_dead`: the rank whose exit the launcher saw first (pidfd), when several died in a cascade."""
+    `first_dead`: the rank whose exit the launcher saw first (pidfd), when several died in a cascade.
+    `gone`: ranks whose process was found gone BEFORE `beats` was read (see judge); None: check pids now."""
     host = host or socket.gethostname()
     failed = [r for r in beats.values() if str(r.get("status", "")).startswith("failed")]
     dead_peers = sorted({p for r in failed for p in r.get("dead_peers", [])} & set(beats))
@@ -225,7 +233,8 @@ def find_culprit(beats: dict[int, dict[str, Any]], cfg: MonitorConfig, now: floa
         r = min(failed, key=lambda x: x.get("time", now))
         return describe(r, now, f"raised: {str(r['status'])[len('failed: '):]}")
     running = [r for r in beats.values() if r.get("status") == "running"]
-    dead = [r for r in running if r.get("host") == host and not _alive(int(r.get("pid", 0)))]
+    dead = [r for r in running if r.get("host") == host and
+            (r["rank"] in gone if gone is not None else not _alive(int(r.get("pid", 0))))]
     if dead:
         first = [r for r in dead if r["rank"] == first_dead] or sorted(dead, key=lambda x: x.get("time", now))
         return describe(first[0], now, "died (process gone without an error: killed, "
@@ -252,6 +261,45 @@ def find_culprit(beats: dict[int, dict[str, Any]], cfg: MonitorConfig, now: floa
     return None
 
 
+def judge(directory: str, cfg: MonitorConfig, first_dead: int | None = None) -> tuple[str | None, dict]:
+    """find_culprit on a consistent view: which local ranks are gone is decided first, the heartbeats are read
+    after. A rank that raises writes its error before it aborts the job, so every rank killed by that abort
+    is seen gone only together with the error of the rank that caused it (never blamed in its place)."""
+    host = socket.gethostname()
+    before = read_heartbeats(directory)
+    gone = {r for r, b in before.items() if b.get("host") == host and not _alive(int(b.get("pid", 0)))}
+    beats = read_heartbeats(directory)
+    return find_culprit(beats, cfg, time.time(), host=host, first_dead=first_dead, gone=gone), beats
+
+
+@dataclass
+class StopRequest:
+    """Ctrl-C / SIGTERM on `asyncflow-hpc run`: set by its signal handler, acted on by watch()."""
+
+    signum: int = 0
+    srun: bool = False  # srun is asked to end its step (it forwards to the tasks); mpiexec is killed quietly
+
+
+def stop_job(proc: subprocess.Popen, directory: str, stop: StopRequest, cfg: MonitorConfig, t0: float) -> int:
+    """End the job the user stopped: one line, exit 128 + signal, no rank blamed, no traceback from a rank.
+
+    mpiexec (hydra) is killed first so that it prints no banner about its terminated ranks; then the ranks
+    get SIGTERM (Python's default: exit without a traceback), SIGKILL after monitor.kill_grace_s."""
+    name = signal.Signals(stop.signum).name
+    beats = read_heartbeats(directory)
+    try:
+        if stop.srun:
+            proc.send_signal(signal.SIGTERM)
+        elif proc.poll() is None:
+            proc.kill()
+    except ProcessLookupError:
+        pass
+    kill_job(proc, beats, cfg.kill_grace_s)
+    print(f"\nasyncflow-hpc: stopped by {name}: the job's ranks were ended ({time.time() - t0:.1f} s after launch)",
+          file=sys.stderr, flush=True)
+    return 128 + stop.signum
+
+
 def kill_job(proc: subprocess.Popen, beats: dict[int, dict[str, Any]], grace_s: float) -> None:
     """SIGTERM the launcher child's process group and the ranks on this host; SIGKILL what is left."""
     host = socket.gethostname()
@@ -262,37 +310,42 @@ def kill_job(proc: subprocess.Popen, beats: dict[int, dict[str, Any]], grace_s: 
                 (os.killpg(-target, sig) if target < 0 else os.kill(target, sig))
             except (ProcessLookupError, PermissionError):
                 pass
-        try:
-            proc.wait(timeout=grace_s if sig == signal.SIGTERM else 10)
-            if all(not _alive(p) for p in pids):
+        # Wait for the launcher child AND the ranks (hydra's proxies do not reap them at once): a rank still
+        # unmapping its memory would keep its shared-memory segment from being cleaned up.
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 10)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and all(not _alive(p) for p in pids):
                 return
-        except subprocess.TimeoutExpired:
-            continue
+            time.sleep(0.05)
 
 
-def watch(proc: subprocess.Popen, directory: str, world_size: int, cfg: MonitorConfig) -> int:
-    """Wait for the MPI child; on a rank failure print one named error, kill the job, return non-zero."""
+def watch(proc: subprocess.Popen, directory: str, world_size: int, cfg: MonitorConfig,
+          stop: StopRequest | None = None) -> int:
+    """Wait for the MPI child; on a rank failure print one named error, kill the job, return non-zero.
+    `stop`: set by the launcher's Ctrl-C / SIGTERM handler (then exit 130 / 143 with one line)."""
     t0 = time.time()
     exits = _ExitWatch()
     try:
-        return _watch(proc, directory, world_size, cfg, exits, t0)
+        return _watch(proc, directory, world_size, cfg, exits, t0, stop or StopRequest())
     finally:
         for fd in exits.fds.values():
             os.close(fd)
 
 
-def _watch(proc, directory: str, world_size: int, cfg: MonitorConfig, exits: "_ExitWatch", t0: float) -> int:
+def _watch(proc, directory: str, world_size: int, cfg: MonitorConfig, exits: "_ExitWatch", t0: float,
+           stop: StopRequest) -> int:
     while True:
+        if stop.signum:
+            return stop_job(proc, directory, stop, cfg, t0)
         rc = proc.poll()
-        beats = read_heartbeats(directory)
-        exits.wait(beats, cfg.poll_s, directory)  # returns at once when a rank process exits
-        beats = read_heartbeats(directory) if exits.first is not None else beats
-        now = time.time()
-        culprit = find_culprit(beats, cfg, now, first_dead=exits.first)
+        exits.wait(read_heartbeats(directory), cfg.poll_s, directory)  # returns at once when a rank exits
+        if stop.signum:
+            continue
+        culprit, beats = judge(directory, cfg, exits.first)  # a fresh view, never the one from before the wait
         if culprit is None and rc is not None and rc != 0:
             time.sleep(min(1.0, 5 * cfg.poll_s))  # the failing rank's last status may still be on its way
-            beats = read_heartbeats(directory)
-            culprit = find_culprit(beats, cfg, time.time(), first_dead=exits.first) or _exit_reason(rc, beats, world_size)
+            culprit, beats = judge(directory, cfg, exits.first)
+            culprit = culprit or _exit_reason(rc, beats, world_size)
         if culprit is not None:
             print(f"\nasyncflow-hpc: error: {culprit} [detected {time.time() - t0:.1f} s after launch]",
                   file=sys.stderr, flush=True)

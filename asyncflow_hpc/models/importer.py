@@ -176,6 +176,7 @@ def import_model(src: str, dst: str, *, force: bool = False, atol: float = 1e-4)
                     "seconds": round(time.perf_counter() - t0, 1)}
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=1)
+        os.chmod(tmp, 0o755)  # mkdtemp made it private
         if os.path.exists(dst):
             shutil.rmtree(dst)
         os.replace(tmp, dst)

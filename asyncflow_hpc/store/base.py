@@ -42,6 +42,12 @@ def read_runs(unit: np.ndarray, offset: np.ndarray, nbytes: np.ndarray) -> list[
     return [(int(unit[a]), int(offset[a]), int(a), int(b)) for a, b in zip(starts, ends)]
 
 
+def _lacking(task_stats: dict[str, Any]) -> str:
+    """' (N rows lack column 'c')' for a task whose pending rows wait for a column that is not there yet."""
+    wait = task_stats.get("waiting_for") or {}
+    return "".join(f" ({k} rows lack column '{c}')" for c, k in sorted(wait.items()))
+
+
 class StoreBase:
     """put / put_columns / get / try_get / stats / mark_done / close over a transport."""
 
@@ -80,10 +86,17 @@ class StoreBase:
             pause = min(pause * 2, self.cfg.poll_max_s)
 
     # ---- producers ---------------------------------------------------------------------------
-    def register_task(self, name: str, columns: Sequence[str]) -> None:
-        """Declare a consumer task; rows are recycled only after every registered task consumed them."""
+    def register_task(self, name: str, columns: Sequence[str], adds: Sequence[str] = ()) -> None:
+        """Declare a consumer task; rows are recycled only after every registered task consumed them.
+
+        `columns`: what the task needs; `adds`: columns its consumer writes later with put_columns (e.g. the
+        reward). A put must carry every column some task needs unless some task adds it (else refused)."""
         self.schema.col_ids(columns)
-        self._register(name, list(columns))
+        self.schema.col_ids(adds)
+        if adds:
+            self._register(name, list(columns), list(adds))
+        else:
+            self._register(name, list(columns))
 
     def put(self, rows: Mapping[str, Any], meta: Sequence[RowMeta], timeout: float | None = None) -> np.ndarray:
         """Store new rows; blocks while the store is full (back-pressure), returns their row ids."""
@@ -254,7 +267,8 @@ class StoreBase:
             st = self._stats()
         except Exception:  # noqa: BLE001 - a description must never mask the timeout
             return "store state unavailable"
-        lag = ", ".join(f"task '{k}' lag {v['lag']}" for k, v in st["tasks"].items()) or "no task registered"
+        lag = ", ".join(f"task '{k}' lag {v['lag']}" + _lacking(v) for k, v in st["tasks"].items()) \
+            or "no task registered"
         return (f"{st['rows_live']}/{st['capacity_rows']} rows live, {sum(st['bytes_used'])}/"
                 f"{sum(st['bytes_capacity'])} bytes used; {lag}")
 

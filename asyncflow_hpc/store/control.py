@@ -113,6 +113,7 @@ class TaskState:
     discarded_stale: int = 0
     stale_consumed: int = 0
     names: tuple[str, ...] = field(default=())
+    adds: int = 0  # columns this task's consumer writes later with put_columns (not expected in a put)
 
 
 class ControlPlane:
@@ -145,17 +146,36 @@ class ControlPlane:
         self.producers, self.done_by = max(1, producers), set()
 
     # ---- tasks and end of stream ------------------------------------------------------------
-    def register_task(self, name: str, columns: Sequence[str]) -> None:
-        need = self.schema.mask(columns)
+    def register_task(self, name: str, columns: Sequence[str], adds: Sequence[str] = ()) -> None:
+        """`columns`: what the task waits for; `adds`: what its consumer writes later with put_columns.
+
+        The put contract: a put must carry every column some task waits for, unless a task adds it."""
+        need, add = self.schema.mask(columns), self.schema.mask(adds)
         t = self.tasks.get(name)
         if t is not None:
-            if t.need != need:
-                raise StoreError(f"task '{name}' already registered with columns {list(t.names)}, not {list(columns)}")
+            if t.need != need or t.adds != add:
+                raise StoreError(f"task '{name}' already registered with columns {list(t.names)}, not {list(columns)}"
+                                 f" (or with other adds)")
             return
         if len(self.tasks) >= MAX_TASKS:
             raise StoreError(f"at most {MAX_TASKS} tasks can be registered")
-        self.tasks[name] = TaskState(bit=len(self.tasks), need=need, names=tuple(columns))
+        self.tasks[name] = TaskState(bit=len(self.tasks), need=need, names=tuple(columns), adds=add)
         self.all_tasks |= np.uint64(1 << self.tasks[name].bit)
+
+    def check_put(self, col_ids: Sequence[int]) -> None:
+        """Refuse a put that lacks a column a registered task waits for and no registered task adds later
+        (its rows would never become ready for that task, and the stream would never end)."""
+        have = sum(1 << c for c in col_ids)
+        added = 0
+        for t in self.tasks.values():
+            added |= t.adds
+        for name, t in self.tasks.items():
+            lack = t.need & ~have & ~added
+            if lack:
+                col = self.schema.columns[(lack & -lack).bit_length() - 1].name
+                raise SchemaError(f"put lacks column '{col}', which task '{name}' needs (and no registered task "
+                                  f"adds it with put_columns); put it with the rows, or register the task that "
+                                  f"computes it with adds=['{col}']")
 
     def task(self, name: str) -> TaskState:
         t = self.tasks.get(name)
@@ -204,6 +224,7 @@ class ControlPlane:
         """Reserve slots and bytes for n new rows (None when full: the producer waits)."""
         if producer in self.done_by:
             raise StoreError("put after mark_done() on this producer")
+        self.check_put(col_ids)
         n = sizes.shape[0]
         self._check_fits(sizes)
         if len(self.free_slots) < n:
@@ -281,6 +302,7 @@ class ControlPlane:
         producer, eid, slots, rids = lease[:4]
         if producer in self.done_by:
             raise StoreError("put after mark_done() on this producer")
+        self.check_put(col_ids)
         n = sizes.shape[0]
         u, base, size, _ = self.extent[eid]
         offs, _, total = chunk_layout(sizes)
@@ -451,12 +473,24 @@ class ControlPlane:
                 self.recycled += 1
 
     # ---- reporting ---------------------------------------------------------------------------
+    def _waiting_for(self, t: TaskState) -> dict[str, int]:
+        """Columns the task needs that its pending rows still lack: {column: rows lacking it}."""
+        pending = self.live & ((self.consumed & np.uint64(1 << t.bit)) == 0)
+        out = {}
+        for c, col in enumerate(self.schema.columns):
+            if t.need >> c & 1:
+                k = int(np.count_nonzero(pending & ((self.ready & np.uint64(1 << c)) == 0)))
+                if k:
+                    out[col.name] = k
+        return out
+
     def stats(self) -> dict[str, Any]:
         live = int(np.count_nonzero(self.live))
         tasks = {}
         for name, t in self.tasks.items():
             tasks[name] = {"consumed": t.consumed, "lag": self.rows_put - t.consumed - t.discarded_stale,
-                           "discarded_stale": t.discarded_stale, "stale_consumed": t.stale_consumed}
+                           "discarded_stale": t.discarded_stale, "stale_consumed": t.stale_consumed,
+                           "waiting_for": self._waiting_for(t)}
         leased = sum(len(x[2]) - x[4] for x in self.leases.values())
         return {"rows_live": live, "capacity_rows": self.cap, "occupancy": live / self.cap, "rows_leased": leased,
                 "rows_put": self.rows_put, "rows_recycled": self.recycled,

@@ -42,8 +42,8 @@ class LocalStore(StoreBase):
         with self._lock:
             return getattr(self.ctrl, name)(*args)
 
-    def _register(self, name, columns):
-        self._call("register_task", name, columns)
+    def _register(self, name, columns, adds=()):
+        self._call("register_task", name, columns, adds)
 
     def _alloc(self, col_ids, sizes, counts, index, group, version, wait_s=0.0):
         return self._call("alloc", col_ids, sizes, counts, index, group, version, 0)

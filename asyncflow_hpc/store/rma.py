@@ -209,10 +209,11 @@ class RMAStore(StoreBase):
             producers = sum(1 for x in roles if x in ("producer", "both"))
             ctrl = ControlPlane(schema, cfg.capacity_rows, [self.unit_bytes] * len(self.unit_ranks), producers)
             self.service = Service(ctrl, self.ccomm, cfg, self.bell)
-            if role != "server":
-                self._thread = threading.Thread(target=self.service.serve, args=(self._stop.is_set,),
-                                                name="store-controller", daemon=True)
-                self._thread.start()
+            # A thread serves from the start, on a dedicated store rank too: requests (task registration,
+            # the first puts) arrive while that rank is still in the job's set-up collectives.
+            self._thread = threading.Thread(target=self.service.serve, args=(self._stop.is_set,),
+                                            name="store-controller", daemon=True)
+            self._thread.start()
         self._start_progress(role)
         self.comm.Barrier()
         return self
@@ -295,8 +296,8 @@ class RMAStore(StoreBase):
             # a reply is usually due within a millisecond; only a parked request waits longer
             pause = min(pause * 2, self.cfg.ctrl_poll_max_s if now - start < 0.01 else self.cfg.poll_max_s)
 
-    def _register(self, name, columns):
-        self._rpc("reg", name, columns)
+    def _register(self, name, columns, *adds):  # adds: columns the task writes later (store/control.py)
+        self._rpc("reg", name, columns, *adds)
 
     def _alloc(self, col_ids, sizes, counts, index, group, version, wait_s=0.0):
         return self._rpc("alloc", col_ids, sizes, counts, index, group, version, wait_s=wait_s)
@@ -366,7 +367,10 @@ class RMAStore(StoreBase):
         """On a server rank: answer the control plane until every rank has called close()."""
         if self.role != "server":
             raise StoreError(f"[rank {self.rank}] serve() is for ranks with store role 'server', this is '{self.role}'")
-        self._sleeping_barrier(timeout, "every store rank to call close()", serve=True)
+        if self._thread is not None:  # the controller thread answers; this rank only waits (sleeping)
+            self._sleeping_barrier(timeout, "every store rank to call close()")
+        else:
+            self._sleeping_barrier(timeout, "every store rank to call close()", serve=True)
         self._served = True
 
     def close(self, timeout: float | None = None) -> None:

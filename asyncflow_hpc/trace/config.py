@@ -14,6 +14,8 @@ class TraceConfig:
     enabled: bool = opt(True, "Record a trace of this run.")
     path: str = opt("", "Trace file; empty = <run.dir>/trace.h5.")
     flush_rows: int = opt(65536, "Events a rank buffers in memory before appending them to its per-rank file.")
+    flush_s: float = opt(10.0, "Also append buffered events at least this often (seconds; 0 = only by flush_rows "
+                               "and at the end), so a rank killed mid-run leaves a readable per-rank file.")
     payloads: bool = opt(True, "Record the data (token ids, behaviour log-probs) of every consumed row, so "
                                "`asyncflow-hpc trace replay` can re-feed it; costs ~12 bytes per token.")
     keep_rank_files: bool = opt(False, "Keep the per-rank files (trace.rankNNNNN.h5) after rank 0 merges them.")
@@ -23,6 +25,8 @@ class TraceConfig:
     def __post_init__(self) -> None:
         if self.flush_rows < 1:
             raise fail("flush_rows", f"must be >= 1, got {self.flush_rows}")
+        if self.flush_s < 0:
+            raise fail("flush_s", f"must be >= 0, got {self.flush_s}")
         if self.clock_sync_rounds < 1:
             raise fail("clock_sync_rounds", f"must be >= 1, got {self.clock_sync_rounds}")
         if self.timeout_s <= 0:

@@ -81,9 +81,7 @@ class Span:
         rec = self._rec
         rec._spans.append((self.name, self.role, self.t0, t1, _ident(), self.step, self.version, self.rows,
                            self.tokens, self.bytes, self.peer))
-        rec._n_events += 1
-        if rec._n_events >= rec.flush_rows:
-            rec.flush()
+        rec._tick()
 
 
 class Recorder:
@@ -92,9 +90,14 @@ class Recorder:
     enabled = True
 
     def __init__(self, path: str, *, rank: int = 0, role: str = "", world_size: int = 1,
-                 flush_rows: int = 1 << 16, clock: ClockSync | None = None, payloads: bool = True):
+                 flush_rows: int = 1 << 16, clock: ClockSync | None = None, payloads: bool = True,
+                 flush_s: float = 0.0):
         self.path, self.rank, self.role, self.world_size = str(path), int(rank), str(role), int(world_size)
         self.flush_rows = max(1, int(flush_rows))
+        # Also flush when the oldest buffered event is this old (0 = off): a killed rank then loses at most
+        # flush_s seconds of its trace, and its per-rank file stays readable (closed between flushes).
+        self.flush_s = float(flush_s)
+        self._last_flush = time.monotonic()
         self.clock = clock or ClockSync.local()
         self._spans: list[tuple] = []  # rows of _RAW_SPAN
         self._samples: list[tuple] = []
@@ -185,7 +188,8 @@ class Recorder:
 
     def _tick(self) -> None:
         self._n_events += 1
-        if self._n_events >= self.flush_rows:
+        if self._n_events >= self.flush_rows or (
+                self.flush_s > 0 and time.monotonic() - self._last_flush >= self.flush_s):
             self.flush()
 
     # ---- flushing -------------------------------------------------------------------------
@@ -295,6 +299,7 @@ class Recorder:
         except OSError as exc:
             raise TraceError(f"{self.path}: cannot write trace (rank {self.rank}, role {self.role}): {exc}") from None
         self._flushed = True
+        self._last_flush = time.monotonic()
 
     def close(self) -> None:
         if not self._closed:
@@ -401,4 +406,5 @@ def make_recorder(cfg: Any, *, final_path: str, rank: int, role: str, world_size
         return NullRecorder(rank=rank, role=role)
     os.makedirs(os.path.dirname(os.path.abspath(final_path)), exist_ok=True)
     return Recorder(rank_path(final_path, rank), rank=rank, role=role, world_size=world_size,
-                    flush_rows=getattr(cfg, "flush_rows", 1 << 16), payloads=getattr(cfg, "payloads", True))
+                    flush_rows=getattr(cfg, "flush_rows", 1 << 16), payloads=getattr(cfg, "payloads", True),
+                    flush_s=getattr(cfg, "flush_s", 0.0))

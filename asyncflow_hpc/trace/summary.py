@@ -9,6 +9,9 @@ Definitions (all over the traced window = first span start .. last span end, eve
 - staleness of a consumed row: version_consumed - version_produced.
 - exposed weight-sync time of a rank: time inside `weight_*` spans not overlapped by any other busy
   span of that rank (a receive hidden behind generation costs nothing; a swap that stalls it does).
+- algorithm metrics: first / mean / max / last over the trainer steps of the per-step metrics the run
+  recorded (algorithms/objective.py defines them): rollout-trainer mismatch, importance weights, clipping,
+  entropy, KL, zero-signal groups.
 """
 
 from __future__ import annotations
@@ -70,6 +73,25 @@ class Summary:
     weight_syncs: int
     roles: list[RoleStats] = field(default_factory=list)
     staleness: dict[int, int] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# Per-step metrics shown by `trace summary` when the run recorded them (algorithms/objective.py).
+ALGO_METRICS = ("reward_mean", "zero_signal_groups", "mismatch_lp_mean", "mismatch_lp_max", "mismatch_w_mean",
+                "mismatch_w_max", "mismatch_w_outside", "mismatch_onpolicy_lp_mean", "mismatch_onpolicy_lp_max",
+                "mismatch_onpolicy_w_max", "is_weight", "is_weight_max", "is_masked_frac",
+                "ratio_max", "clip_frac", "clip_frac_low", "clip_frac_high", "entropy", "kl", "ppo_kl")
+
+
+def algorithm_metrics(t: Trace) -> dict[str, dict[str, float]]:
+    """first / mean / max / last of each recorded ALGO_METRICS metric over the steps."""
+    out = {}
+    for name in ALGO_METRICS:
+        m = t.metric(name)
+        if len(m):
+            v = m["value"].astype(float)
+            out[name] = {"first": float(v[0]), "mean": float(v.mean()), "max": float(v.max()), "last": float(v[-1])}
+    return out
 
 
 def _rank_roles(t: Trace) -> dict[int, str]:
@@ -134,7 +156,7 @@ def summarize(t: Trace) -> Summary:
         bubble_ratio=idle_total / (n_ranks * window) if window > 0 and n_ranks else 0.0,
         weight_exposed_s=sum(r.weight_exposed_s for r in per_role.values()),
         weight_syncs=len(versions) if len(versions) else len(weight), roles=list(per_role.values()),
-        staleness=staleness_histogram(t))
+        staleness=staleness_histogram(t), metrics=algorithm_metrics(t))
 
 
 def format_summary(s: Summary) -> str:
@@ -155,4 +177,8 @@ def format_summary(s: Summary) -> str:
         lines.append(f"  {k:>9}  {n:>5}  {bar}")
     if not s.staleness:
         lines.append("  (no consumed rows with versions recorded)")
+    if s.metrics:
+        lines += ["", f"  {'per-step metric':<22}{'first':>12}{'mean':>12}{'max':>12}{'last':>12}"]
+        for k, v in s.metrics.items():
+            lines.append(f"  {k:<22}{v['first']:>12.4g}{v['mean']:>12.4g}{v['max']:>12.4g}{v['last']:>12.4g}")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from asyncflow_hpc import staleness
 from asyncflow_hpc.topology.comms import sleeping_barrier
 from asyncflow_hpc.topology.roles import Role
 from asyncflow_hpc.workflow import common
-from asyncflow_hpc.workflow.metrics import RoleClock, record_rows, record_step, span
+from asyncflow_hpc.workflow.metrics import RoleClock, algo_postfix, record_rows, record_step, span
 from asyncflow_hpc.workflow.rows import (ADV_COLUMN, REF_COLUMN, group_advantages_stored, open_stores,
                                          rows_from_batch, rows_to_store, train_columns)
 
@@ -53,6 +53,7 @@ class Ctx:
     n: int  # responses per prompt
     clock: RoleClock = field(default_factory=RoleClock)
     ckpt: Any = None  # checkpoint.run.Checkpointer (None: no checkpoints)
+    zero_signal_dropped: int = 0  # prompt groups dynamic sampling dropped (each replaced by a new prompt)
 
     @property
     def rank(self) -> int:
@@ -77,7 +78,7 @@ def rollout_loop(ctx: Ctx, engine: Any, receiver: Any, params: Any) -> dict:
     gate = SwapGate(instance=me, n_instances=len(insts), policy=cfg.weights.swap_policy,
                     groups=cfg.weights.stagger_groups)
     reward_inline = not lay.ranks(Role.REWARD)
-    eta, produced = cfg.workflow.eta, 0
+    produced = 0
     while True:
         with ctx.clock.idle("wait_prompt"), span(ctx.recorder, "prompt_wait"):
             try:
@@ -85,7 +86,7 @@ def rollout_loop(ctx: Ctx, engine: Any, receiver: Any, params: Any) -> dict:
             except EndOfStream:
                 break
         pid = int(got["prompt_id"][0])
-        need = staleness.required_version(pid, eta, ctx.P)
+        need = int(got.version[0])  # the weights version the trainer leader admitted this prompt at
         _maybe_swap(ctx, engine, receiver, gate, need)
         with ctx.clock.busy("generate"), span(ctx.recorder, "generate", step=pid // ctx.P,
                                                  version=engine.version) as sp:
@@ -174,13 +175,18 @@ def feed_prompts(ctx: Ctx, fed: int, version: int) -> int:
     from asyncflow_hpc.store import RowMeta
 
     # A group that still became too stale (a long tail overtaken by later groups) is discarded by
-    # the store, counted, and replaced by a new prompt, so every step still gets a full batch.
-    replaced = ctx.samples.stats()["tasks"]["train"]["discarded_stale"] // ctx.n
+    # the store, counted, and replaced by a new prompt, so every step still gets a full batch; so is a
+    # group dropped by dynamic sampling (all rewards equal).
+    replaced = ctx.samples.stats()["tasks"]["train"]["discarded_stale"] // ctx.n + ctx.zero_signal_dropped
     target = min(staleness.admission_quota(version, ctx.cfg.workflow.eta, ctx.P), ctx.total_prompts) + replaced
     if target > fed:
         pids = np.arange(fed, target, dtype=np.int64)
+        # The weights a rollout rank needs for prompt p: the schedule's required_version(p), never newer than
+        # the trainer's current version (a replacement fed past the quota must be generable now, not after
+        # the step that waits for it).
         meta = [RowMeta(index=int(p), group=int(p),
-                        version=staleness.required_version(int(p), ctx.cfg.workflow.eta, ctx.P)) for p in pids]
+                        version=min(staleness.required_version(int(p), ctx.cfg.workflow.eta, ctx.P), version))
+                for p in pids]
         ctx.prompts.put({"prompt_id": pids}, meta)
     return max(fed, target)  # the feed is closed (mark_done) when the trainer has finished
 
@@ -189,35 +195,76 @@ def next_batch(ctx: Ctx, version: int, fed: int) -> tuple[list, int]:
     """Trainer leader: the step's rows (whole groups, v - version <= eta), broadcast to the trainer group.
 
     Waits in short slices: a group discarded as too stale while we wait is replaced by a new prompt
-    between slices, otherwise the batch could never fill. Returns the rows and the new feed position."""
-    from asyncflow_hpc.errors import WaitTimeout
-
+    between slices, otherwise the batch could never fill. With dynamic sampling, groups whose rewards are all
+    equal are dropped and more groups drawn (replacement prompts fed) until the batch is full. Returns the rows
+    and the new feed position."""
     lay = ctx.comms.layout
     rows = None
     if ctx.rank == lay.trainer_leader:
-        deadline = time.monotonic() + ctx.cfg.store.timeout_s
-        with ctx.clock.idle("wait_batch"), span(ctx.recorder, "batch_wait", step=version):
-            while True:
-                left = deadline - time.monotonic()
-                try:
-                    b = ctx.samples.get("train", train_columns(ctx.cfg, lay), ctx.P * ctx.n,
-                                        policy="version_bounded",
-                                        version=version, eta=ctx.cfg.workflow.eta, group_size=ctx.n,
-                                        then="asyncflow_hpc.workflow.policies:oldest_version_groups",
-                                        timeout=max(0.01, min(BATCH_WAIT_SLICE_S, left)))
-                    break
-                except WaitTimeout:
-                    if left <= BATCH_WAIT_SLICE_S:
-                        raise
-                    fed = feed_prompts(ctx, fed, version)
-        ctx.clock.count("stale_discarded", int(getattr(b, "stale", 0) or 0))
-        rows = rows_from_batch(b, ctx.n)
+        rows, want = [], ctx.P
+        for _ in range(ctx.cfg.algorithm.dynamic_sampling_max_rounds if ctx.cfg.algorithm.dynamic_sampling else 1):
+            b, fed = _get_groups(ctx, version, fed, want)
+            got = rows_from_batch(b, ctx.n)
+            got = _drop_zero_signal(ctx, got)
+            rows += got
+            want -= len(got) // ctx.n
+            if not want:
+                break
+            fed = feed_prompts(ctx, fed, version)  # replacements for the dropped groups
+        else:
+            from asyncflow_hpc.errors import RankError
+
+            raise RankError(f"trainer step {version}: {ctx.P - want} of {ctx.P} prompt groups had different "
+                            f"rewards after algorithm.dynamic_sampling_max_rounds="
+                            f"{ctx.cfg.algorithm.dynamic_sampling_max_rounds} batches ({ctx.zero_signal_dropped} "
+                            f"groups with equal rewards dropped so far): the task is too easy or too hard for "
+                            f"the policy", rank=ctx.rank, role="trainer")
     if len(lay.trainer_ranks) > 1:  # the other trainer ranks sleep while the leader waits for rows
         with ctx.clock.idle("wait_batch" if rows is None else "batch_bcast"):
             sleeping_barrier(ctx.comms.role_comm, ctx.cfg.store.timeout_s, rank=ctx.rank, role="trainer",
                              what=f"the trainer leader's batch of step {version} (store.timeout_s)")
             rows = ctx.comms.role_comm.bcast(rows, root=0)
     return rows, fed
+
+
+def _get_groups(ctx: Ctx, version: int, fed: int, groups: int) -> tuple[Any, int]:
+    """Trainer leader: `groups` whole prompt groups with v - version <= eta, waiting in short slices (a group
+    discarded as too stale meanwhile is replaced by a new prompt between slices, else the batch could never
+    fill). Returns the batch and the new feed position."""
+    from asyncflow_hpc.errors import WaitTimeout
+
+    deadline = time.monotonic() + ctx.cfg.store.timeout_s
+    with ctx.clock.idle("wait_batch"), span(ctx.recorder, "batch_wait", step=version):
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                b = ctx.samples.get("train", train_columns(ctx.cfg, ctx.comms.layout), groups * ctx.n,
+                                    policy="version_bounded", version=version, eta=ctx.cfg.workflow.eta,
+                                    group_size=ctx.n, then="asyncflow_hpc.workflow.policies:oldest_version_groups",
+                                    timeout=max(0.01, min(BATCH_WAIT_SLICE_S, left)))
+                break
+            except WaitTimeout:
+                if left <= BATCH_WAIT_SLICE_S:
+                    raise
+                fed = feed_prompts(ctx, fed, version)
+    ctx.clock.count("stale_discarded", int(getattr(b, "stale", 0) or 0))
+    return b, fed
+
+
+def _drop_zero_signal(ctx: Ctx, rows: list) -> list:
+    """Dynamic sampling: the rows of the groups whose rewards differ. The dropped rows were consumed by the
+    train task: counted (zero_signal_dropped in the clock, the trace and the step metrics), never silently lost."""
+    if not ctx.cfg.algorithm.dynamic_sampling:
+        return rows
+    from asyncflow_hpc.algorithms.advantages import zero_signal_groups
+
+    flat = zero_signal_groups([r.reward for r in rows], [r.prompt_id for r in rows])
+    if flat:
+        ctx.zero_signal_dropped += len(flat)
+        ctx.clock.count("zero_signal_dropped", len(flat) * ctx.n)
+        if ctx.recorder is not None:
+            ctx.recorder.counter("zero_signal_dropped", float(ctx.zero_signal_dropped))
+    return [r for r in rows if r.prompt_id not in flat]
 
 
 def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any, start: int = 0) -> list[dict]:
@@ -252,6 +299,8 @@ def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any, start: int = 0) 
         metrics.update(step=float(v), reward_mean=float(np.mean([r.reward for r in rows])),
                        response_len=float(np.mean([len(r.response_ids) for r in rows])),
                        staleness_mean=float(np.mean(stale)), staleness_max=float(max(stale)))
+        if cfg.algorithm.dynamic_sampling:
+            metrics["zero_signal_dropped"] = float(ctx.zero_signal_dropped)  # groups, since the start
         ctx.clock.count("rows", len(rows))
         ctx.clock.count("train_tokens", sum(len(r.response_ids) for r in rows))
         for s in stale:
@@ -265,7 +314,7 @@ def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any, start: int = 0) 
             el = time.perf_counter() - t_run
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:+.4f}",
                             stale=f"{metrics['staleness_mean']:.2f}",
-                            sps=f"{ctx.clock.counts.get('rows', 0) / max(el, 1e-9):.1f}")
+                            sps=f"{ctx.clock.counts.get('rows', 0) / max(el, 1e-9):.1f}", **algo_postfix(metrics))
             bar.update(1)
         if ctx.ckpt is not None and rs.checkpoint_step(ctx, trainer, sched, v + 1, history, fed):
             break
@@ -278,14 +327,20 @@ def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any, start: int = 0) 
 def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> dict:
     import torch
 
-    from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, sampling_params
+    from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, owns_engine, sampling_params
     from asyncflow_hpc.workflow.metrics import print_eval
     from asyncflow_hpc.workflow.stages import evaluate, progress_bar, save_policy, sft_warmup
 
     torch.set_num_threads(cfg.device.threads_per_rank)
     t0 = time.perf_counter()
     lay, rank = comms.layout, comms.rank
-    task = common.build_task(cfg, comms.device.torch_device)
+    # A rank whose engine loads the weights itself (vLLM) needs only the model's layout, not a torch copy.
+    task = common.build_task(cfg, comms.device.torch_device,
+                             weights=lay.has(rank, Role.TRAINER) or lay.has(rank, Role.REFERENCE)
+                             or cfg.rollout.engine == "torch")
+    if comms.rank == 0 and task.skipped_long:
+        print(f"data: skipped {task.skipped_long} training prompts longer than data.max_prompt_tokens="
+              f"{cfg.data.max_prompt_tokens} tokens ({len(task.train)} kept)", flush=True)
     ctx = Ctx(cfg=cfg, comms=comms, task=task, prompts=None, samples=None, recorder=recorder,
               P=cfg.data.prompts_per_step, n=cfg.rollout.n)
     ctx.prompts, ctx.samples = open_stores(cfg, comms)
@@ -306,7 +361,8 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
             load_into(ckpt.path, trainer)
         elif cfg.trainer.sft_warmup_steps:
             sft_warmup(cfg, trainer, task, recorder, lead=rank == lay.trainer_leader)
-    engine = make_rollout(cfg, task.model, comms.device.torch_device, seed=cfg.run.seed)
+    engine = (make_rollout(cfg, task.model, comms.device.torch_device, seed=cfg.run.seed)
+              if owns_engine(cfg, lay, rank) else None)
     engine, trainer = maybe_emulate(cfg, engine, trainer, dp=lay.trainer_dp)
     sender, receiver = _weight_endpoints(cfg, comms, task.model)
     # Version `start` (0 after any warm-up, or the checkpoint's) reaches every rollout rank first.
@@ -316,8 +372,8 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
         receiver.start()
         receiver.wait_staged(start)
         receiver.swap(engine.load_weights)
-    params = sampling_params(cfg.rollout, task.tokenizer.eos_id)
-    greedy = sampling_params(cfg.rollout, task.tokenizer.eos_id, greedy=True)
+    params = sampling_params(cfg.rollout, task.tokenizer.stop_ids)
+    greedy = sampling_params(cfg.rollout, task.tokenizer.stop_ids, greedy=True)
     out: dict[str, Any] = {}
     if cfg.data.eval_size:
         out["eval_start"] = evaluate(cfg, comms, engine, task, greedy)
@@ -340,7 +396,7 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     elif lay.has(rank, Role.REFERENCE):
         out.update(reference_loop(ctx, reference))
     elif lay.has(rank, Role.STORE):
-        pass  # a dedicated store rank serves the control plane inside close() until every rank is done
+        pass  # the sample store's controller thread on this rank answers until every rank has closed it
     loop_s = time.perf_counter() - t_loop
     ctx.clock.note_overrun(engine if is_rollout else None, trainer if is_trainer else None)
     _final_weights(cfg, sender, receiver, engine, trainer)
@@ -363,6 +419,8 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
         report_async(cfg, out, loop_s)
     if rank == lay.trainer_leader and not stopped:
         save_policy(cfg, task, lead=True)
+    if hasattr(engine, "close"):
+        engine.close()  # a vLLM engine tears down its own process group before ours goes
     out["wall_s"] = time.perf_counter() - t0
     out["loop_s"] = loop_s
     return out
@@ -401,7 +459,9 @@ def _weight_endpoints(cfg: Any, comms: Any, model: Any) -> tuple[Any, Any]:
     lay, rank = comms.layout, comms.rank
     if comms.weight_group is None:
         return None, None
-    plan = plan_for(list(model.state_dict().items()), cfg.weights)
+    from asyncflow_hpc.models.hf import broadcast_tensors
+
+    plan = plan_for(broadcast_tensors(model), cfg.weights)
     dev = comms.device.torch_device
     if rank == lay.trainer_leader:
         return WeightSender(comms.weight_group, plan, src=rank, rank=rank, cfg=cfg.weights, comm_device=dev), None

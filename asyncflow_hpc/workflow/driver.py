@@ -65,7 +65,7 @@ def _run_train(cfg, env: JobEnv, comms: Comms, hb) -> int:
             print(f"asyncflow-hpc: run {cfg.run.name} already completed {cfg.workflow.steps} steps "
                   f"({cfg.run.resolved_dir}/result.json); nothing to resume", flush=True)
         return 0
-    ck = Checkpointer(cfg)
+    ck = Checkpointer(cfg, verbose=world.rank == 0)  # rank 0 says which checkpoints resume=auto skipped
     recorder, trace_path = _start_trace(cfg, env, comms, segment=ck.start if ck.resuming else None)
     if trace_path:
         ck.trace_segments.append(os.path.abspath(trace_path))
@@ -118,6 +118,14 @@ def _start_trace(cfg, env: JobEnv, comms: Comms, segment: int | None = None):
     return rec, path
 
 
+def _rank_files(merged: str) -> list[str]:
+    """The per-rank files a segment left beside its (missing) merged trace: trace.rank00003.h5 ..."""
+    import glob
+
+    base, ext = os.path.splitext(merged)
+    return sorted(glob.glob(f"{glob.escape(base)}.rank[0-9][0-9][0-9][0-9][0-9]{ext or '.h5'}"))
+
+
 def write_result(cfg, out: dict, trace: str | None) -> str:
     """Rank 0: `<run dir>/result.json` with per-step metrics and evaluations (written atomically)."""
     import json
@@ -125,10 +133,13 @@ def write_result(cfg, out: dict, trace: str | None) -> str:
 
     keep = {k: out[k] for k in ("history", "eval_start", "eval_end", "wall_s", "loop_s", "version", "summary",
                                 "checkpoints") if k in out}
-    keep["mode"], keep["trace"] = cfg.workflow.mode, trace
+    keep["mode"], keep["trace"] = cfg.workflow.mode, trace if trace and os.path.exists(trace) else None
     keep["completed_steps"] = len(out.get("history", []))
     keep["stopped"] = bool(out.get("checkpoints", {}).get("stopped", False))
-    keep["trace_segments"] = out.get("checkpoints", {}).get("trace_segments", [trace] if trace else [])
+    segments = out.get("checkpoints", {}).get("trace_segments", [trace] if trace else [])
+    # Only files that exist: a segment killed before its merge left per-rank files (listed instead), or nothing.
+    keep["trace_segments"] = [p for p in segments if os.path.exists(p)]
+    keep["trace_segments_unmerged"] = {p: _rank_files(p) for p in segments if not os.path.exists(p)}
     path = os.path.join(cfg.run.resolved_dir, "result.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"

@@ -151,3 +151,21 @@ def record_step(recorder: Any, step: int, metrics: dict) -> None:
 def print_eval(when: str, ev: dict) -> None:
     print(f"held-out accuracy at {when}: {ev['accuracy']:.3f}  (mean reward {ev['mean_reward']:.3f}, "
           f"{ev['count']} prompts, greedy)", flush=True)
+
+
+def algo_postfix(metrics: dict) -> dict[str, str]:
+    """Progress-line fields of a train step: rollout-trainer mismatch (dlp = mean/max |log-prob difference|,
+    w_max = max importance weight), share of zero-signal groups, clip fraction, entropy."""
+    out = {}
+    if "mismatch_lp_max" in metrics:
+        out["dlp"] = f"{metrics['mismatch_lp_mean']:.1e}/{metrics['mismatch_lp_max']:.1e}"
+        out["w_max"] = f"{metrics['mismatch_w_max']:.3f}"
+    if "zero_signal_groups" in metrics:
+        out["zero"] = f"{metrics['zero_signal_groups']:.2f}"
+    if "zero_signal_dropped" in metrics:  # dynamic sampling: groups dropped (and replaced) so far
+        out["dropped"] = f"{int(metrics['zero_signal_dropped'])}"
+    if "clip_frac" in metrics:
+        out["clip"] = f"{metrics['clip_frac']:.3f}"
+    if "entropy" in metrics:
+        out["ent"] = f"{metrics['entropy']:.2f}"
+    return out

@@ -24,8 +24,9 @@ ADV_COLUMN = "advantage"  # GRPO: written with the reward, by whoever scores the
 
 
 def group_advantages_stored(algo_cfg) -> bool:
-    """GRPO advantages are group-local: the reward stage stores them; a batch baseline (ppo) needs the batch."""
-    return algo_cfg.name == "grpo"
+    """GRPO advantages are group-local: the reward stage stores them; a batch baseline (ppo), the batch std or
+    length shaping need the batch (the trainer computes them)."""
+    return algo_cfg.group_local_advantages
 
 
 def sample_schema(reference: bool = False, advantage: bool = False):
@@ -82,10 +83,12 @@ def open_stores(cfg, comms) -> tuple[Any, Any]:
     if r == lay.trainer_leader:
         prompts.register_task("rollout", ["prompt_id"])
         samples.register_task("train", train_columns(cfg, lay))
+        # a reward / reference rank adds its columns later (put_columns): the rollout's puts may lack them
         if lay.ranks(Role.REWARD):
-            samples.register_task("reward", ["prompt_ids", "response_ids"])
+            scored = ["reward"] + ([ADV_COLUMN] if group_advantages_stored(cfg.algorithm) else [])
+            samples.register_task("reward", ["prompt_ids", "response_ids"], adds=scored)
         if lay.ranks(Role.REFERENCE):
-            samples.register_task("reference", ["prompt_ids", "response_ids"])
+            samples.register_task("reference", ["prompt_ids", "response_ids"], adds=[REF_COLUMN])
     comms.world.Barrier()  # tasks are registered before anyone puts or gets
     return prompts, samples
 

@@ -17,7 +17,8 @@ from typing import Any
 from asyncflow_hpc.engines.batching import split_even
 from asyncflow_hpc.topology.comms import sleeping_barrier
 from asyncflow_hpc.workflow import common
-from asyncflow_hpc.workflow.metrics import RoleClock, host_overrun_fraction, print_eval, record_rows, record_step
+from asyncflow_hpc.workflow.metrics import RoleClock, algo_postfix, host_overrun_fraction, print_eval, record_rows
+from asyncflow_hpc.workflow.metrics import record_step
 from asyncflow_hpc.workflow.metrics import span
 from asyncflow_hpc.workflow.stages import evaluate, progress_bar, save_policy, sft_warmup
 
@@ -32,13 +33,16 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
     lead = comms.rank == 0
     device = comms.device.torch_device
     task = common.build_task(cfg, device)
+    if comms.rank == 0 and task.skipped_long:
+        print(f"data: skipped {task.skipped_long} training prompts longer than data.max_prompt_tokens="
+              f"{cfg.data.max_prompt_tokens} tokens ({len(task.train)} kept)", flush=True)
     tok = task.tokenizer
     trainer = make_trainer(cfg, task.model, pad_id=tok.pad_id, group=comms.trainer_group, device=device)
     trainer.broadcast_parameters()
     rollout = make_rollout(cfg, task.model, device, seed=cfg.run.seed)
     rollout, trainer = maybe_emulate(cfg, rollout, trainer, dp=comms.layout.trainer_dp)
-    sample_params = sampling_params(cfg.rollout, tok.eos_id)
-    greedy = sampling_params(cfg.rollout, tok.eos_id, greedy=True)
+    sample_params = sampling_params(cfg.rollout, tok.stop_ids)
+    greedy = sampling_params(cfg.rollout, tok.stop_ids, greedy=True)
     resumed = ckpt is not None and ckpt.resuming
     if resumed:  # every rank reads the same checkpoint: weights, optimizer, version, RNG (no warm-up again)
         from asyncflow_hpc.checkpoint.state import load_into
@@ -68,7 +72,7 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
             metrics["eval_accuracy"] = evaluate(cfg, comms, rollout, task, greedy)["accuracy"]
         if bar is not None:
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:+.4f}",
-                            len=f"{metrics['response_len']:.1f}")
+                            len=f"{metrics['response_len']:.1f}", **algo_postfix(metrics))
             bar.update(1)
         if ckpt is not None and _checkpoint_step(cfg, comms, ckpt, trainer, task, step + 1, out["history"]):
             break
@@ -87,6 +91,8 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
             print_eval("end", out["eval_end"])
     if not stopped:
         save_policy(cfg, task, lead=lead)
+    if hasattr(rollout, "close"):
+        rollout.close()  # a vLLM engine's groups live on our default group: torn down before it
     out["wall_s"] = time.perf_counter() - t0
     out["version"] = trainer.version
     return out

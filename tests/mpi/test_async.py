@@ -86,3 +86,34 @@ def test_reference_stage_runs_as_a_store_consumer(tmp_path):
     assert ref["history"][-1]["kl"] > 1e-4, "kl ~0: the test would not tell missing reference log-probs apart"
     assert " reference " in p.stdout
     assert ref["summary"]["busy_fraction_by_role"]["reference"] > 0  # the rank did the scoring, not the trainer
+
+
+@pytest.mark.mpi
+def test_dedicated_store_rank_serves_the_whole_run(tmp_path):
+    # topology.store_ranks=1 (the layout docs/store.md recommends) hung at the first task registration
+    # when the controller on the store rank waited for the main thread to serve: it now serves from a
+    # thread from the start. eta=0: the same losses as without the store rank.
+    plain, _ = run_job(tmp_path, "plain", "topology.world_size=4", "workflow.eta=0", "trace.enabled=false")
+    res, p = run_job(tmp_path, "store", "topology.world_size=5", "topology.store_ranks=1", "workflow.eta=0",
+                     "trace.enabled=false", "store.timeout_s=60")
+    assert "store=0 trainer=1" in p.stdout
+    assert res["completed_steps"] == 3
+    assert [h["loss"] for h in res["history"]] == [h["loss"] for h in plain["history"]]
+
+
+@pytest.mark.mpi
+def test_dynamic_sampling_trains_only_on_informative_groups(tmp_path):
+    # The embedded task starts at ~0 accuracy: most groups of 4 are all wrong (zero advantage). Dynamic
+    # sampling drops them (counted), feeds replacement prompts, and every step still gets 8 informative groups.
+    from asyncflow_hpc.trace.reader import read_trace
+
+    res, p = run_job(tmp_path, "dyn", "algorithm.dynamic_sampling=true", "workflow.eta=1",
+                     "algorithm.dynamic_sampling_max_rounds=40", "workflow.steps=3")
+    hist = res["history"]
+    assert len(hist) == 3
+    assert all(h["zero_signal_groups"] == 0.0 for h in hist), [h["zero_signal_groups"] for h in hist]
+    assert all(h["rows"] == 8 * 4 for h in hist)
+    assert hist[-1]["zero_signal_dropped"] > 0  # the task really had zero-signal groups to drop
+    tr = read_trace(res["trace"])
+    stale = tr.samples["version_consumed"] - tr.samples["version_produced"]
+    assert stale.min() >= 0 and stale.max() <= 1  # the staleness bound holds for replacement prompts too

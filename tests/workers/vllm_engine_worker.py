@@ -6,6 +6,7 @@ One engine per process: a failed in-process build poisons later builds in the sa
 """
 
 import json
+import os
 import sys
 import time
 
@@ -36,7 +37,8 @@ def main(model_dir, out_path):
     out = {}
     tok = load_tokenizer(model_dir)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True).eval()
-    eng = VLLMRolloutEngine(VLLMOptions(model_path=model_dir, max_model_len=1024, kv_cache_gb=1.0), platform="cpu")
+    platform = os.environ.get("ASYNCFLOW_VLLM_PLATFORM", "cpu")
+    eng = VLLMRolloutEngine(VLLMOptions(model_path=model_dir, max_model_len=1024, kv_cache_gb=1.0), platform=platform)
     out["startup_s"] = eng.startup_s
     short = tok.encode_chat("What is 7 + 12? Answer with just the number.")
     # Longer than one 128-token KV block, so a stale prefix cache would be hit after a weight update.

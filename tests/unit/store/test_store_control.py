@@ -92,6 +92,7 @@ def test_arena_never_overlaps_and_coalesces(sizes, seed):
 def test_not_ready_until_commit_and_columns_added_later():
     cp = ControlPlane(SCHEMA, 8, [1024])
     cp.register_task("trainer", ["a", "r"])
+    cp.register_task("scorer", ["a"], adds=["r"])  # 'r' arrives later, from the scorer
     pl = alloc(cp, 2, 0)
     assert cp.select("trainer", [0], 2) is None
     cp.commit(pl.row_ids, [0])

@@ -30,7 +30,7 @@ def rollout(lo, hi, version=0, g=4):
 def test_roundtrip_with_reward_added_later():
     s = make()
     assert type(s).__name__ == "LocalStore"
-    s.register_task("reward", ["prompt_ids", "response_ids"])
+    s.register_task("reward", ["prompt_ids", "response_ids"], adds=["reward"])
     s.register_task("trainer", ["response_ids", "logp", "reward"])
     rows, meta = rollout(0, 8)
     ids = s.put(rows, meta)
