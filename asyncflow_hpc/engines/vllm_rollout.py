@@ -127,7 +127,9 @@ class VLLMRolloutEngine(RolloutEngine):
             n=1, seed=int(s) % (2 ** 63), max_tokens=params.max_new_tokens,
             temperature=0.0 if params.greedy else params.temperature, top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1, logprobs=0,
-            stop_token_ids=list(params.stop_token_ids), ignore_eos=False, detokenize=False) for s in seeds]
+            stop_token_ids=list(params.stop_token_ids),
+            # Stop exactly where the torch engine stops: on params.stop_token_ids (none: max_new_tokens).
+            ignore_eos=not params.stop_token_ids, detokenize=False) for s in seeds]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sps, use_tqdm=False)
         return [self._generation(o.outputs[0], params) for o in outs]
 
