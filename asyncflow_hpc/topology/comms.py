@@ -20,6 +20,7 @@ from typing import Any
 
 from asyncflow_hpc.errors import LaunchError, RankError
 from asyncflow_hpc.topology.config import DeviceConfig
+from asyncflow_hpc.topology.pg import StatelessGroup, bind_gloo_to, listen_socket, make_store
 from asyncflow_hpc.topology.roles import Layout, Role
 
 
@@ -99,10 +100,17 @@ def choose_device(cfg: DeviceConfig, local_rank: int, *, cuda_available: bool | 
     return Device(kind=kind, index=local_rank if kind != "cpu" else 0, backend=backend)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def _local_address(single_node: bool, peer: str) -> str:
+    """This host's address on the job's network: loopback on one host, else the address the route to the
+    rendezvous host `peer` leaves from (a connected UDP socket sends nothing)."""
+    if single_node:
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((peer, 9))
+            return s.getsockname()[0]
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
 
 
 def _rendezvous_host(is_local: bool) -> str:
@@ -175,9 +183,11 @@ class Comms:
         timeout = datetime.timedelta(seconds=device_cfg.dist_timeout_s)
         members = tuple(sorted(self.layout.trainer_ranks)) if isolate_rollout else tuple(range(self.layout.world_size))
         self._torch_ranks = {r: i for i, r in enumerate(members)}
-        host, port = self._rendezvous(single_node, members[0])
+        host, port, sock = self._rendezvous(single_node, members[0])
+        bind_gloo_to(host if self.rank == members[0] else _local_address(single_node, host))
         if self.rank in members:
-            dist.init_process_group(backend=self.device.backend, init_method=f"tcp://{host}:{port}",
+            store = make_store(host, port, len(members), sock=sock, timeout_s=device_cfg.dist_timeout_s)
+            dist.init_process_group(backend=self.device.backend, store=store,
                                     rank=self._torch_ranks[self.rank], world_size=len(members), timeout=timeout)
             self.torch_ready = True
             # new_group is collective over the default group: every member creates every group, in order.
@@ -188,17 +198,25 @@ class Comms:
                     self.trainer_dp_group = g
         wg = self.layout.weight_group()
         if len(wg) > 1:
-            host, port = self._rendezvous(single_node, wg[0])
+            host, port, sock = self._rendezvous(single_node, wg[0])
             if self.rank in wg:
-                from asyncflow_hpc.topology.pg import StatelessGroup
-
                 self.weight_group = StatelessGroup(wg, self.rank, host=host, port=port, backend=self.device.backend,
-                                                   timeout_s=device_cfg.dist_timeout_s, device=self.device.kind)
+                                                   timeout_s=device_cfg.dist_timeout_s, device=self.device.kind,
+                                                   sock=sock)
 
-    def _rendezvous(self, single_node: bool, root: int) -> tuple[str, int]:
-        """(host, port) picked by world rank `root` and shared with every rank (collective over the world)."""
-        addr = (_rendezvous_host(single_node), _free_port()) if self.rank == root else None
-        return self.world.bcast(addr, root=root)
+    def _rendezvous(self, single_node: bool, root: int) -> tuple[str, int, Any]:
+        """(host, port, listening socket) of a TCPStore served by world rank `root`, shared with every rank
+        (collective over the world). Only `root` gets the socket, bound to `host` alone: loopback on one
+        host, the job's address across hosts (never all interfaces)."""
+        sock = None
+        if self.rank == root:
+            host = _rendezvous_host(single_node)
+            sock = listen_socket(host)
+            addr = (host, sock.getsockname()[1])
+        else:
+            addr = None
+        host, port = self.world.bcast(addr, root=root)
+        return host, port, sock
 
     def _group(self, ranks) -> Any:
         import torch.distributed as dist

@@ -1,6 +1,7 @@
 """Process groups outside torch.distributed's default world, for the weight broadcast.
 
-    g = StatelessGroup(ranks=(0, 2, 3), rank=2, host="127.0.0.1", port=port, backend="gloo")
+    sock = listen_socket("127.0.0.1") if rank == 0 else None      # the first member binds; share its port
+    g = StatelessGroup(ranks=(0, 2, 3), rank=rank, host="127.0.0.1", port=port, backend="gloo", sock=sock)
     work = group_broadcast(g, tensor, src=0)       # src is a global (MPI) rank, as with dist.broadcast
     work.wait(); g.destroy()
 
@@ -26,9 +27,10 @@ class StatelessGroup:
     default world does not know about. Construct on every member with the same host/port."""
 
     def __init__(self, ranks: Sequence[int], rank: int, *, host: str, port: int, backend: str,
-                 timeout_s: float = 600.0, device: str = "cpu"):
+                 timeout_s: float = 600.0, device: str = "cpu", sock: Any = None):
+        """`sock`: on the group's first rank, the listening socket of listen_socket(host)."""
         import torch
-        from torch.distributed import PrefixStore, ProcessGroup, TCPStore
+        from torch.distributed import PrefixStore, ProcessGroup
 
         self.ranks = tuple(int(r) for r in ranks)
         if rank not in self.ranks:
@@ -36,8 +38,9 @@ class StatelessGroup:
         self.rank, self.backend, self.size = rank, backend, len(self.ranks)
         self.group_rank = self.ranks.index(rank)
         timeout = datetime.timedelta(seconds=timeout_s)
-        store = TCPStore(host, port, self.size, is_master=self.group_rank == 0, timeout=timeout,
-                         wait_for_workers=False)
+        if (sock is not None) != (self.group_rank == 0):
+            raise ValueError("the group's first rank (and only it) passes the listening socket")
+        store = make_store(host, port, self.size, sock=sock, timeout_s=timeout_s)
         self._store = PrefixStore(f"asyncflow-pg-{'-'.join(map(str, self.ranks))}", store)
         pg = ProcessGroup(self._store, self.group_rank, self.size)
         be, btype, dev = _backend(backend, self._store, self.group_rank, self.size, timeout, device)
@@ -58,6 +61,62 @@ class StatelessGroup:
     def destroy(self) -> None:
         self.pg = None
         self._store = None
+
+
+def listen_socket(host: str) -> Any:
+    """A TCP socket bound to `host` (never all interfaces) on a free port, listening: the root of a rendezvous
+    binds it first, shares its port, then hands it to the TCPStore server (master_listen_fd)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
+def make_store(host: str, port: int, size: int, *, sock: Any = None, timeout_s: float = 600.0) -> Any:
+    """A TCPStore: the server (the rank holding `sock` from listen_socket) listens only on that socket's
+    address (torch would otherwise listen on every interface, IPv4 and IPv6); clients connect to host:port."""
+    from torch.distributed import TCPStore
+
+    kw: dict[str, Any] = {}
+    if sock is not None:
+        kw["master_listen_fd"] = sock.detach()  # the store owns the descriptor from here on
+    return TCPStore(host, port, size, is_master=sock is not None, timeout=datetime.timedelta(seconds=timeout_s),
+                    wait_for_workers=False, **kw)
+
+
+def bind_gloo_to(host: str) -> None:
+    """Make gloo listen on the interface that holds `host` (loopback on one host) instead of the address the
+    host name resolves to. GLOO_SOCKET_IFNAME set by the user or the site wins."""
+    import os
+
+    if os.environ.get("GLOO_SOCKET_IFNAME"):
+        return
+    name = interface_of(host)
+    if name:
+        os.environ["GLOO_SOCKET_IFNAME"] = name
+
+
+def interface_of(ip: str) -> str | None:
+    """The name of the local interface that holds IPv4 address `ip` (Linux), or None."""
+    import fcntl
+    import socket
+    import struct
+
+    if ip.startswith("127."):
+        return "lo"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, req)[20:24])  # SIOCGIFADDR
+            except OSError:
+                continue
+            if addr == ip:
+                return name
+    return None
 
 
 def _backend(name: str, store: Any, rank: int, size: int, timeout: datetime.timedelta, device: str):
