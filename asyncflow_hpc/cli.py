@@ -3,7 +3,7 @@
     asyncflow-hpc run configs/default.yaml [key=value ...] [--dry-run]   # mpiexec here, srun in an allocation
     asyncflow-hpc submit configs/default.yaml [key=value ...] [--wait]   # submitit: Slurm, or local processes
     asyncflow-hpc config show configs/default.yaml [key=value ...] [--keys]
-    asyncflow-hpc bench {store,weights,e2e,simulator,rollout} [--quick] [--json]
+    asyncflow-hpc bench {store,weights,e2e,simulator,rollout,trainer} [--quick] [--json]
     asyncflow-hpc model import SRC DST                                 # GGUF / HF dir -> local safetensors dir
     asyncflow-hpc trace {summary,plot,export,simulate,replay} TRACE.h5 ...
 
@@ -24,7 +24,7 @@ from asyncflow_hpc import __version__
 from asyncflow_hpc.errors import AsyncFlowError
 from asyncflow_hpc.preflight import preflight
 
-BENCHES = ("store", "weights", "e2e", "simulator", "rollout")
+BENCHES = ("store", "weights", "e2e", "simulator", "rollout", "trainer")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

@@ -101,23 +101,27 @@ class TorchTrainerEngine(TrainerEngine):
         if not rows:
             raise ValueError("train_step: empty batch")
         minis = split_even(rows, min(self.cfg.updates_per_step, len(rows)))
-        shards = [split_even(mini, self.dp_size)[self.dp_rank] for mini in minis]
+        parts = [split_even(mini, self.dp_size) for mini in minis]  # every rank's shard of each mini-batch
+        shards = [p[self.dp_rank] for p in parts]
+        local = [r for sh in shards for r in sh]
+        self._before_micro_batches(local)
         before: dict[tuple[int, int], list[float]] = {}
         if self.algo.proximal == "recompute" or len(minis) > 1:
             # The policy at the start of the step: the proximal policy (recompute) for every mini-batch, and
             # the trainer side of the rollout-trainer mismatch. With one update and proximal=behaviour the
             # training forward itself runs on these weights, so no extra forward is needed.
-            local = [r for s in shards for r in s]
             before = {r.key: lp for r, lp in zip(local, self.log_probs(local))}
         sums = dict.fromkeys(("loss", "pg_loss", objective.ONPOLICY_TOKENS) + objective.SUM_KEYS
                              + objective.ONPOLICY_SUM_KEYS, 0.0)
         maxes = dict.fromkeys(objective.MAX_KEYS, 0.0)
         grad_norms = []
-        for mini, shard in zip(minis, shards):
+        for mini, part, shard in zip(minis, parts, shards):
             denom = self._denominator(mini)
             self.model.train()
             self.optimizer.zero_grad(set_to_none=False)
-            for mb in chunks(shard, self.cfg.micro_batch_rows):
+            mbs = chunks(shard, self.cfg.micro_batch_rows)
+            self._pad_micro_batches(part, len(mbs))
+            for mb in mbs:
                 out = self._micro_objective(mb, denom, before)
                 out.loss.backward()
                 sums["loss"] += float(out.loss.detach())
@@ -135,6 +139,14 @@ class TorchTrainerEngine(TrainerEngine):
         metrics["zero_signal_groups"] = zero_signal_share([r.reward for r in rows], [r.prompt_id for r in rows])
         self.version += 1
         return metrics
+
+    def _before_micro_batches(self, local: list[Row]) -> None:
+        """Hook before a step's forwards, with this rank's rows of the step (sharded engines fill what
+        would otherwise be computed lazily, so that every rank runs the same collectives)."""
+
+    def _pad_micro_batches(self, part: list[list[Row]], have: int) -> None:
+        """Hook before a mini-batch's micro-batches: `part` is every rank's shard of it, `have` this rank's
+        micro-batch count (sharded engines pad to the largest shard's count)."""
 
     def _denominator(self, mini: list[Row]) -> float:
         """The GLOBAL normaliser of algorithm.loss_agg for one mini-batch (losses.aggregate)."""
