@@ -168,28 +168,28 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _strict_loader() -> Any:
-    """yaml.SafeLoader that refuses a key repeated in one mapping (PyYAML silently keeps the last one)."""
+def _refuse_duplicate_keys(node: Any) -> None:
+    """Walk a composed YAML node tree (nodes only: nothing is constructed) and raise on a key repeated in one
+    mapping (PyYAML silently keeps the last one). `<<: *anchor` merge entries may be overridden, as YAML intends."""
     import yaml
 
-    class StrictLoader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: dict[Any, int] = {}
-            for key_node, _value in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<: *anchor` entries may be overridden by explicit keys, as YAML intends
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
-                except TypeError:
-                    continue  # an unhashable key: the base constructor reports it
-                if first != key_node.start_mark.line + 1:
+    todo = [node]
+    while todo:
+        cur = todo.pop()
+        if isinstance(cur, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in cur.value:
+                todo.append(value_node)
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                line = key_node.start_mark.line + 1
+                first = seen.setdefault(key_node.value, line)
+                if first != line:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first at line {first}); keep one of them",
+                        None, None, f"duplicate key {key_node.value!r} (first at line {first}); keep one of them",
                         key_node.start_mark)
-            return super().construct_mapping(node, deep=deep)
-
-    return StrictLoader
+        elif isinstance(cur, yaml.SequenceNode):
+            todo.extend(cur.value)
 
 
 def load_yaml(path: str) -> dict[str, Any]:
@@ -201,7 +201,10 @@ def load_yaml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: is a directory, expected a YAML config file")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.load(fh, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+            text = fh.read()
+        data = yaml.safe_load(text)
+        if data is not None:
+            _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

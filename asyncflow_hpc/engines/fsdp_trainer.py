@@ -21,7 +21,7 @@ import math
 from typing import Any, Iterator
 
 from asyncflow_hpc.engines.base import Row
-from asyncflow_hpc.engines.batching import chunks, collate, response_logprobs, split_even
+from asyncflow_hpc.engines.batching import collate, response_logprobs
 from asyncflow_hpc.engines.torch_trainer import TorchTrainerEngine
 from asyncflow_hpc.errors import ConfigError
 
@@ -63,7 +63,7 @@ def shard_model(model: Any, mesh: Any, *, device: str, activation_checkpointing:
 
 
 class FSDPTrainerEngine(TorchTrainerEngine):
-    """The torch engine's RL step and objective on an FSDP2-sharded model (see the module docstring)."""
+    """The torch engine's RL and warm-up steps and objective on an FSDP2-sharded model (see the module docstring)."""
 
     def __init__(self, model: Any, *, trainer_cfg: Any, algo_cfg: Any, temperature: float, pad_id: int,
                  group: Any = None, device: str = "cpu", reference: bool | None = None):
@@ -164,36 +164,6 @@ class FSDPTrainerEngine(TorchTrainerEngine):
             torch.nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, norm)
         (optimizer or self.optimizer).step()
         return float(norm)
-
-    # --- supervised warm-up --------------------------------------------------------------------
-    def sft_step(self, pairs: list[tuple[list[int], list[int]]]) -> float:
-        """The torch engine's warm-up step, padded to the same number of backwards on every rank."""
-        import torch
-        import torch.distributed as dist
-
-        if self._sft_optimizer is None:
-            self._sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.sft_lr)
-        rows = [Row(prompt_id=i, sample_index=0, prompt_ids=p, response_ids=t, behav_logprobs=[0.0] * len(t))
-                for i, (p, t) in enumerate(pairs)]
-        tokens = float(sum(len(t) for _, t in pairs))
-        parts = split_even(rows, self.dp_size)
-        self.model.train()
-        self._sft_optimizer.zero_grad(set_to_none=False)
-        mbs = chunks(parts[self.dp_rank], self.cfg.micro_batch_rows)
-        for _ in range(math.ceil(len(parts[0]) / self.cfg.micro_batch_rows) - len(mbs)):
-            self._zero_weight_backward()
-        total = 0.0
-        for mb in mbs:
-            t = collate(mb, self.pad_id, self.device)
-            loss = -(response_logprobs(self.model, t, 1.0) * t.response_mask).sum() / tokens
-            loss.backward()
-            total += float(loss.detach())
-        self._reduce_and_step(self._sft_optimizer)
-        vec = torch.tensor([total], dtype=torch.float64)
-        dist.all_reduce(vec, group=self.group)
-        if self.ref_model is not None:  # same sharding on both: a local copy of every shard
-            self.ref_model.load_state_dict(self.model.state_dict())
-        return float(vec[0])
 
     # --- checkpoints and broadcast -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

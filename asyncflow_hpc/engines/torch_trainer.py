@@ -231,11 +231,13 @@ class TorchTrainerEngine(TrainerEngine):
         rows = [Row(prompt_id=i, sample_index=0, prompt_ids=p, response_ids=t, behav_logprobs=[0.0] * len(t))
                 for i, (p, t) in enumerate(pairs)]
         tokens = float(sum(len(t) for _, t in pairs))
-        shard = split_even(rows, self.dp_size)[self.dp_rank]
+        parts = split_even(rows, self.dp_size)
         self.model.train()
         self._sft_optimizer.zero_grad(set_to_none=False)
+        mbs = chunks(parts[self.dp_rank], self.cfg.micro_batch_rows)
+        self._pad_micro_batches(parts, len(mbs))
         total = 0.0
-        for mb in chunks(shard, self.cfg.micro_batch_rows):
+        for mb in mbs:
             t = collate(mb, self.pad_id, self.device)
             logp = response_logprobs(self.model, t, 1.0)
             loss = -(logp * t.response_mask).sum() / tokens
