@@ -82,13 +82,23 @@ def _wait_for_activity(hb_dir, rank, needle, timeout=120):
 def test_warning_signal_checkpoints_stops_and_resume_consumes_each_sample_once(tmp_path):
     from asyncflow_hpc.trace.reader import read_trace
 
-    steps, over = 40, [*ASYNC, "workflow.eta=2", "workflow.steps=40", "trainer.updates_per_step=1"]
-    proc = subprocess.Popen(_cmd(tmp_path, "pre", *over), cwd=ROOT, env=mpi_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    _wait_for_activity(tmp_path / "pre" / "heartbeat", 0,
-                       lambda a: a.split(" ")[0] in ("train_step", "batch_wait") and "step=0" not in a)
-    proc.send_signal(signal.SIGUSR2)  # what Slurm's --signal (or the sbatch trap) delivers
-    out, _ = proc.communicate(timeout=180)
+    # 40 steps of this job take under 2 s here: enough steps that the signal lands mid-run, heartbeats often
+    # enough to see step 1 begin, and the output in a file (a pipe nobody reads would block the job).
+    steps = 300
+    over = [*ASYNC, "workflow.eta=2", f"workflow.steps={steps}", "trainer.updates_per_step=1",
+            "monitor.interval_s=0.05", "monitor.stale_s=30"]
+    log = tmp_path / "pre.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(_cmd(tmp_path, "pre", *over), cwd=ROOT, env=mpi_env(), stdout=fh,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for_activity(tmp_path / "pre" / "heartbeat", 0,
+                               lambda a: a.split(" ")[0] in ("train_step", "batch_wait") and "step=0" not in a)
+            proc.send_signal(signal.SIGUSR2)  # what Slurm's --signal (or the sbatch trap) delivers
+            proc.wait(timeout=180)
+        finally:
+            proc.kill() if proc.poll() is None else None
+    out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
     first = json.loads((tmp_path / "pre" / "result.json").read_text())
     assert first["stopped"] and 1 <= first["completed_steps"] < steps, out[-3000:]
