@@ -110,11 +110,6 @@ def _cross_check(cfg: JobConfig, where: str) -> None:
         raise ConfigError(f"{where}: {key}={max(t.trainer_tp, t.trainer_pp)}: trainer.engine=fsdp shards over "
                           f"the data-parallel trainer ranks only (no tensor/pipeline parallel plan is wired); "
                           f"set it to 1")
-    if cfg.workflow.job == "train" and cfg.trainer.engine == "fsdp":
-        raise ConfigError(f"{where}: trainer.engine=fsdp: the FSDP2 engine is built and tested on its own "
-                          f"(engines/fsdp_trainer.py, tests/mpi/test_fsdp.py, bench trainer) but the workflow does "
-                          f"not yet gather its shards for the weight broadcast, checkpoints or evaluation "
-                          f"(docs/trainer_fsdp.md); use trainer.engine=torch")
     if cfg.workflow.job == "train" and t.rollout_tp > 1:
         raise ConfigError(f"{where}: topology.rollout_tp={t.rollout_tp}: a rollout instance spanning several "
                           f"ranks is not wired yet (the vLLM engine runs in the rank's process with tensor "

@@ -90,14 +90,17 @@ def _data_paths(cfg: Any, _world: int | None) -> str | None:
 
 def _resume(cfg: Any, _world: int | None) -> str | None:
     """An explicit resume= path must hold a checkpoint (its files are verified by every rank at start)."""
-    from asyncflow_hpc.checkpoint.files import META, latest
+    from asyncflow_hpc.checkpoint.files import META, latest, trainer_state_mismatch
 
     if cfg.resume in ("", "auto"):
         return None
     path = os.path.expanduser(cfg.resume)
     if not os.path.exists(path):
         return f"resume={cfg.resume!r}: no such checkpoint directory ({os.path.abspath(path)})"
-    if os.path.isfile(os.path.join(path, META)) or latest(path):
+    if os.path.isfile(os.path.join(path, META)):
+        why = trainer_state_mismatch(path, cfg.trainer.engine)
+        return f"resume={cfg.resume!r}: {why}" if why else None
+    if latest(path):
         return None
     return (f"resume={cfg.resume!r}: not a checkpoint (no {META}) nor a folder of step-NNNNNN checkpoints; "
             f"use resume=auto to continue this run, or resume='' to start fresh")

@@ -40,8 +40,7 @@ def _cfg(engine: str, quick: bool):
 
     hidden, layers = (128, 4) if quick else (256, 8)
     return load_config(str(ROOT / "configs" / "default.yaml"), [
-        # job=smoke: the engines are driven here directly (the training workflow refuses fsdp until it is wired)
-        "workflow.job=smoke", f"trainer.engine={engine}", f"model.tiny_hidden={hidden}", f"model.tiny_layers={layers}",
+        f"trainer.engine={engine}", f"model.tiny_hidden={hidden}", f"model.tiny_layers={layers}",
         "trainer.micro_batch_rows=8", "trainer.lr=0.001"])
 
 

@@ -100,6 +100,20 @@ def latest(root: str) -> str | None:
     return found[-1][1] if found else None
 
 
+SHARDS = "trainer"  # a sharded trainer's state inside a checkpoint (checkpoint/sharded.py)
+
+
+def trainer_state_mismatch(path: str, engine: str) -> str | None:
+    """Why the checkpoint at `path` cannot resume a run with trainer.engine=`engine` (None if it can): a sharded
+    trainer state (trainer/, trainer.engine=fsdp) and a whole model (model.safetensors) do not load into each other."""
+    sharded = os.path.isdir(os.path.join(path, SHARDS))
+    if sharded == (engine == "fsdp"):
+        return None
+    have = "a sharded trainer state (trainer.engine=fsdp)" if sharded else "a replicated trainer's whole model"
+    return (f"{path}: holds {have}; this run has trainer.engine={engine}: resume with the trainer.engine that "
+            f"wrote it (a sharded checkpoint reshards onto any number of trainer ranks)")
+
+
 def prune(root: str, keep: int) -> list[str]:
     """Delete all but the newest `keep` checkpoints (and stale temporary directories); returns what went."""
     gone = []
@@ -107,7 +121,8 @@ def prune(root: str, keep: int) -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         gone.append(path)
     for name in os.listdir(root) if os.path.isdir(root) else []:
-        if name.startswith(".tmp-step-") and not name.endswith(f"-{os.getpid()}"):
+        # .shards-*: a sharded trainer's pieces whose checkpoint was never published (its leader died)
+        if (name.startswith(".tmp-step-") and not name.endswith(f"-{os.getpid()}")) or name.startswith(".shards-"):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     return gone
 

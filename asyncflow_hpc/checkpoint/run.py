@@ -4,10 +4,13 @@
     start = ck.start                       # first step to run (0 when fresh)
     ... after step v (v + 1 steps done):
     why = ck.due(v + 1)                    # None | "periodic" | "end" | "stop" (local view)
-    if why: ck.save(v + 1, trainer, tokenizer, extra={...}, rows=rows)   # on the writing rank
+    if why:
+        shards = ck.write_shards(v + 1, trainer)    # EVERY trainer rank (a sharded trainer's pieces; else None)
+        ck.save(v + 1, trainer, tokenizer, extra={...}, rows=rows, shards=shards)   # on the writing rank
     if why == "stop": leave the loop
 
-Every rank resolves the same checkpoint (the run directory is shared); only the trainer leader writes.
+Every rank resolves the same checkpoint (the run directory is shared); only the trainer leader writes the
+checkpoint (a sharded trainer's ranks each write their own pieces first).
 The stop decision must be agreed by the ranks that run in lock step (the workflows do that).
 """
 
@@ -45,6 +48,11 @@ class Checkpointer:
             self._check_compatible()
 
     def _check_compatible(self) -> None:
+        from asyncflow_hpc.checkpoint.files import trainer_state_mismatch
+
+        why = trainer_state_mismatch(self.path, self.cfg.trainer.engine)
+        if why:
+            raise CheckpointError(why)
         for key, name in _MUST_MATCH:
             if name in self.meta and self.meta[name] != _get(self.cfg, key):
                 raise CheckpointError(f"{self.path}: written with {key}={self.meta[name]!r}, this run has "
@@ -81,16 +89,23 @@ class Checkpointer:
         return {"mode": self.cfg.workflow.mode, "eta": self.cfg.workflow.eta,
                 "prompts_per_step": self.cfg.data.prompts_per_step, "n": self.cfg.rollout.n,
                 "seed": self.cfg.run.seed, "run_name": self.cfg.run.name, "steps_planned": self.cfg.workflow.steps,
-                "trace_segments": self.trace_segments, "resumed_from": self.path}
+                "trace_segments": self.trace_segments, "resumed_from": self.path,
+                "trainer_engine": self.cfg.trainer.engine}
+
+    def write_shards(self, done: int, trainer: Any) -> str | None:
+        """EVERY trainer rank, before save(): a sharded trainer's model + optimizer pieces (collective)."""
+        from asyncflow_hpc.checkpoint.state import write_shards
+
+        return write_shards(self.root, done, trainer)
 
     def save(self, done: int, why: str, *, trainer: Any, tokenizer: Any, history: list, extra: dict | None = None,
-             rows: list | None = None) -> str:
+             rows: list | None = None, shards: str | None = None) -> str:
         from asyncflow_hpc.checkpoint.state import write_checkpoint
 
         meta = {**self.base_meta(), "history": history, "reason": why,
                 "signal": self.flag.reason if why == "stop" else "", **(extra or {})}
         path, info = write_checkpoint(self.root, done, trainer=trainer, tokenizer=tokenizer, meta=meta, rows=rows,
-                                      keep=self.ck.keep)
+                                      keep=self.ck.keep, shards=shards)
         self.written.append({"step": done, "path": path, "reason": why, **info})
         print(f"asyncflow-hpc: checkpoint ({why}) after step {done} -> {path} ({info['bytes'] / 1e6:.2f} MB, "
               f"{info['rows']} rows in flight, {info['seconds']:.2f} s)", flush=True)

@@ -127,6 +127,7 @@ def checkpoint_step(ctx: Any, trainer: Any, sched: Schedule, done: int, history:
     why = ck.due(done, stop=stop)
     if why is None:
         return False
+    shards = ck.write_shards(done, trainer)  # every trainer rank, before the leader drains the store
     if lead:
         sched.fed = fed
         rows = drain(ctx) if why == "stop" else snapshot(ctx)
@@ -134,7 +135,8 @@ def checkpoint_step(ctx: Any, trainer: Any, sched: Schedule, done: int, history:
         pending = sorted(set(range(sched.fed)) - sched.done_groups - in_rows)
         extra = {"fed": sched.fed, "consumed": to_ranges(sched.done_groups), "pending": pending,
                  "total_prompts": ctx.total_prompts}
-        ck.save(done, why, trainer=trainer, tokenizer=ctx.task.tokenizer, history=history, extra=extra, rows=rows)
+        ck.save(done, why, trainer=trainer, tokenizer=ctx.task.tokenizer, history=history, extra=extra, rows=rows,
+                shards=shards)
     if why == "stop":
         ck.stopped = True
         if lead:

@@ -9,6 +9,9 @@ Layout of `<root>/step-NNNNNN/` (published by one rename, see files.py):
     optimizer.safetensors + optimizer.json           optimizer state (tensors; scalars and param groups)
     reference.safetensors (if KL)                    the frozen reference policy
     rng.safetensors + rng.json                       torch / numpy / python RNG states of the writing rank
+    trainer/ (trainer.engine=fsdp, instead of model.safetensors + optimizer.*)
+                                                     the sharded model + optimizer (checkpoint/sharded.py):
+                                                     every trainer rank writes its shards, a resume reshards
     rows.npz                                         rows generated but not yet consumed by the train task
     meta.json                                        step, schedule position, history, trace segments
     manifest.json                                    size and sha256 of every file (written last, see manifest.py)
@@ -23,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from asyncflow_hpc.checkpoint.files import CheckpointError, META, prune, read_meta, staged_dir, write_json
+from asyncflow_hpc.checkpoint.files import (SHARDS, CheckpointError, META, prune, read_meta, staged_dir,
+                                            trainer_state_mismatch, write_json)
 from asyncflow_hpc.checkpoint.manifest import FORMAT
 from asyncflow_hpc.checkpoint.nopickle import (OPT_TENSORS, RNG_TENSORS, load_legacy, load_optimizer,
                                                restore_rng_from, save_optimizer, save_rng)
@@ -76,17 +80,43 @@ def load_rows(ckpt: str) -> list:
     return rows
 
 
+def _sharded(trainer: Any) -> bool:
+    from asyncflow_hpc.engines.fsdp_trainer import is_sharded
+
+    return is_sharded(_engine(trainer))
+
+
+def write_shards(root: str, step: int, trainer: Any) -> str | None:
+    """EVERY trainer rank, before the leader's write_checkpoint: a sharded trainer's model + optimizer into a
+    directory beside the checkpoint (each rank its own pieces; collective), which write_checkpoint moves into
+    the staged checkpoint. None for a replicated trainer (the leader writes its whole model)."""
+    if not _sharded(trainer):
+        return None
+    from asyncflow_hpc.checkpoint.sharded import save_sharded
+
+    path = os.path.join(root, f".shards-{step:06d}")
+    save_sharded(_engine(trainer), path)
+    return path
+
+
 def write_checkpoint(root: str, step: int, *, trainer: Any, tokenizer: Any, meta: dict[str, Any],
-                     rows: list | None = None, keep: int = 2) -> tuple[str, dict[str, Any]]:
-    """Write everything into a temporary directory (manifest last), fsync, rename to step-NNNNNN, prune."""
+                     rows: list | None = None, keep: int = 2, shards: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Write everything into a temporary directory (manifest last), fsync, rename to step-NNNNNN, prune.
+    `shards`: write_shards' directory (a sharded trainer), moved in as trainer/."""
     t0 = time.perf_counter()
     eng = _engine(trainer)
+    if _sharded(trainer) and shards is None:
+        raise CheckpointError("internal: a sharded trainer's checkpoint needs write_shards() on every trainer rank")
     with staged_dir(root, step) as tmp:
-        eng.model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None and hasattr(tokenizer, "save"):
             tokenizer.save(tmp)
-        save_optimizer(eng.optimizer.state_dict(), tmp)
-        if getattr(eng, "ref_model", None) is not None:
+        if shards is not None:
+            eng.model.config.save_pretrained(tmp)  # what the shards are of; the weights are in trainer/
+            os.replace(shards, os.path.join(tmp, SHARDS))
+        else:
+            eng.model.save_pretrained(tmp, safe_serialization=True)
+            save_optimizer(eng.optimizer.state_dict(), tmp)
+        if getattr(eng, "ref_model", None) is not None and shards is None:
             from safetensors.torch import save_model
 
             save_model(eng.ref_model, os.path.join(tmp, "reference.safetensors"))
@@ -111,6 +141,17 @@ def load_into(path: str, trainer: Any, *, rng: bool = True) -> dict[str, Any]:
 
     meta = read_meta(path)
     eng = _engine(trainer)
+    why = trainer_state_mismatch(path, "fsdp" if _sharded(trainer) else "torch")
+    if why:
+        raise CheckpointError(why)
+    if _sharded(trainer):
+        from asyncflow_hpc.checkpoint.sharded import load_sharded
+
+        load_sharded(eng, os.path.join(path, SHARDS))  # every trainer rank; reshards onto this trainer count
+        eng.version = int(meta["version"])
+        if rng:
+            _restore_rng(path)
+        return meta
     weights = os.path.join(path, "model.safetensors")
     try:
         state = load_file(weights, device=str(next(eng.model.parameters()).device))

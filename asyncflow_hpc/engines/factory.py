@@ -41,15 +41,22 @@ def make_rollout(cfg: Any, model: Any, device: str, *, seed: int = 0) -> Rollout
     return VLLMRolloutEngine(opts, platform=kind)
 
 
+def trainers_evaluate(cfg: Any) -> bool:
+    """Whether trainer ranks answer held-out prompts: with a torch rollout engine sharing their whole model.
+    A vLLM engine lives on rollout ranks only; a sharded (fsdp) model must never run a forward on one rank alone."""
+    return cfg.rollout.engine == "torch" and cfg.trainer.engine != "fsdp"
+
+
 def owns_engine(cfg: Any, layout: Any, rank: int) -> bool:
     """Whether `rank` builds a rollout engine: every rollout rank; trainer ranks too when the engine is the
-    torch one (it shares the trainer's model, so evaluation can use it for free). A vLLM engine holds
-    device memory and its own process group: only rollout ranks (and colocated ranks) own one."""
+    torch one sharing the trainer's whole model (evaluation uses it for free; see stages.trainers_evaluate).
+    A vLLM engine holds device memory and its own process group: only rollout ranks (and colocated ranks)
+    own one; a sharded trainer's model cannot run a forward on one rank alone."""
     from asyncflow_hpc.topology.roles import Role
 
     if layout.has(rank, Role.ROLLOUT):
         return True
-    return cfg.rollout.engine == "torch" and layout.has(rank, Role.TRAINER)
+    return trainers_evaluate(cfg) and layout.has(rank, Role.TRAINER)
 
 
 def make_trainer(cfg: Any, model: Any, *, pad_id: int, group: Any, device: str,

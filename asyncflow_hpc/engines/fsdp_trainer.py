@@ -207,14 +207,26 @@ class FSDPTrainerEngine(TorchTrainerEngine):
         return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in self.model.parameters())
 
 
+def is_sharded(trainer: Any) -> bool:
+    """Whether the trainer's weights are sharded over its group (every trainer rank must take part in a gather)."""
+    return hasattr(trainer, "gather_for_broadcast")
+
+
+def weights_everywhere(trainer: Any, bucket_mb: float) -> Iterator[tuple[str, Any]]:
+    """EVERY trainer rank: the full weights as (HF name, tensor), streamed bucket by bucket, on every rank (what
+    colocated rollout engines load). A replicated trainer yields its own parameters."""
+    if is_sharded(trainer):
+        return trainer.gather_for_broadcast(bucket_mb, everywhere=True)
+    return iter(trainer.named_parameters_for_broadcast())
+
+
 def full_weights(trainer: Any, bucket_mb: float | None = None) -> list[tuple[str, Any]] | None:
     """Every trainer rank calls it: the full weights (a list) on the leader, None elsewhere. For tests and
     tools; the weight broadcast should stream `gather_for_broadcast()` into the sender instead."""
-    if not hasattr(trainer, "gather_for_broadcast"):
+    if not is_sharded(trainer):
         return trainer.named_parameters_for_broadcast()
     out = list(trainer.gather_for_broadcast(bucket_mb))
     return out if trainer.dp_rank == 0 else None
-
 
 
 def send_weights(trainer: Any, sender: Any, version: int, bucket_mb: float, *, block: bool = False) -> Any:
@@ -224,7 +236,7 @@ def send_weights(trainer: Any, sender: Any, version: int, bucket_mb: float, *, b
     sender's snapshot; a replicated trainer's followers do nothing. Returns the leader's SendHandle
     (block=False) or SendStats (block=True), None elsewhere. Like send_async, it returns once the snapshot
     is packed, so the caller may train on."""
-    if hasattr(trainer, "gather_for_broadcast"):
+    if is_sharded(trainer):
         named = trainer.gather_for_broadcast(bucket_mb)
     elif sender is not None:
         named = trainer.named_parameters_for_broadcast()

@@ -270,6 +270,7 @@ def _drop_zero_signal(ctx: Ctx, rows: list) -> list:
 def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any, start: int = 0) -> list[dict]:
     """Consume each step's batch, train, and send the new weights in the background."""
     from asyncflow_hpc.checkpoint import schedule as rs
+    from asyncflow_hpc.engines.fsdp_trainer import send_weights
 
     cfg, lay = ctx.cfg, ctx.comms.layout
     lead = ctx.rank == lay.trainer_leader
@@ -291,10 +292,11 @@ def trainer_loop(ctx: Ctx, trainer: Any, sender: Any, bar: Any, start: int = 0) 
         tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
         with ctx.clock.busy("train"), span(ctx.recorder, "train_step", step=v, rows=len(rows), tokens=tokens):
             metrics = trainer.train_step(rows)
+        with ctx.clock.exposed("send_wait"), span(ctx.recorder, "weight_send", version=v + 1):
+            # Returns once packed; it only waits if the previous version is still on the wire. Every
+            # trainer rank: a sharded trainer gathers the full tensors onto the leader bucket by bucket.
+            send_weights(trainer, sender, v + 1, cfg.weights.bucket_mb)
         if lead:
-            with ctx.clock.exposed("send_wait"), span(ctx.recorder, "weight_send", version=v + 1):
-                # Returns at once; it only waits if the previous version is still on the wire.
-                sender.send_async(trainer.named_parameters_for_broadcast(), v + 1)
             record_rows(ctx.recorder, rows, v, cfg.run.seed, ctx.P, ctx.n)
         metrics.update(step=float(v), reward_mean=float(np.mean([r.reward for r in rows])),
                        response_len=float(np.mean([len(r.response_ids) for r in rows])),
@@ -364,10 +366,12 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
     engine = (make_rollout(cfg, task.model, comms.device.torch_device, seed=cfg.run.seed)
               if owns_engine(cfg, lay, rank) else None)
     engine, trainer = maybe_emulate(cfg, engine, trainer, dp=lay.trainer_dp)
-    sender, receiver = _weight_endpoints(cfg, comms, task.model)
+    sender, receiver = _weight_endpoints(cfg, comms, task.model, trainer)
     # Version `start` (0 after any warm-up, or the checkpoint's) reaches every rollout rank first.
-    if sender is not None:
-        sender.send(trainer.named_parameters_for_broadcast(), start)
+    if is_trainer:
+        from asyncflow_hpc.engines.fsdp_trainer import send_weights
+
+        send_weights(trainer, sender, start, cfg.weights.bucket_mb, block=True)
     if receiver is not None:
         receiver.start()
         receiver.wait_staged(start)
@@ -417,8 +421,8 @@ def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> d
 
         out["summary"] = aggregate(out["per_rank"], loop_s)
         report_async(cfg, out, loop_s)
-    if rank == lay.trainer_leader and not stopped:
-        save_policy(cfg, task, lead=True)
+    if is_trainer and not stopped:
+        save_policy(cfg, task, trainer, lead=rank == lay.trainer_leader)
     if hasattr(engine, "close"):
         engine.close()  # a vLLM engine tears down its own process group before ours goes
     out["wall_s"] = time.perf_counter() - t0
@@ -453,7 +457,9 @@ def _reference_policy(cfg: Any, comms: Any, task: Any) -> Any:
                            device=comms.device.torch_device)
 
 
-def _weight_endpoints(cfg: Any, comms: Any, model: Any) -> tuple[Any, Any]:
+def _weight_endpoints(cfg: Any, comms: Any, model: Any, trainer: Any) -> tuple[Any, Any]:
+    """(sender on the trainer leader, receiver on rollout ranks); both plan from the full tensors' layout (a
+    sharded trainer's from its broadcast_layout: full shapes, no communication)."""
     from asyncflow_hpc.weights import WeightReceiver, WeightSender, plan_for
 
     lay, rank = comms.layout, comms.rank
@@ -461,7 +467,8 @@ def _weight_endpoints(cfg: Any, comms: Any, model: Any) -> tuple[Any, Any]:
         return None, None
     from asyncflow_hpc.models.hf import broadcast_tensors
 
-    plan = plan_for(broadcast_tensors(model), cfg.weights)
+    layout = trainer.broadcast_layout() if hasattr(trainer, "broadcast_layout") else broadcast_tensors(model)
+    plan = plan_for(layout, cfg.weights)
     dev = comms.device.torch_device
     if rank == lay.trainer_leader:
         return WeightSender(comms.weight_group, plan, src=rank, rank=rank, cfg=cfg.weights, comm_device=dev), None

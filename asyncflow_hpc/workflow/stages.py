@@ -5,19 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from asyncflow_hpc.engines.batching import split_even
+from asyncflow_hpc.engines.factory import trainers_evaluate
 from asyncflow_hpc.workflow import common
 from asyncflow_hpc.workflow.metrics import span
 
 
-def eval_share(examples: list, layout: Any, rank: int, engine: str = "torch") -> list:
+def eval_share(examples: list, layout: Any, rank: int, trainers: bool = True) -> list:
     """This rank's part of the held-out set: split over the ranks that hold the policy and own an engine
-    (rollout ranks; trainer ranks too with the torch engine, which shares their model). Dedicated store,
-    reward and reference ranks evaluate nothing: their weights stay the initial ones, so the end-of-run
-    accuracy would count a share of answers from the untrained policy."""
+    (rollout ranks; trainer ranks too when `trainers`, see trainers_evaluate). Dedicated store, reward and
+    reference ranks evaluate nothing: their weights stay the initial ones, so the end-of-run accuracy would
+    count a share of answers from the untrained policy."""
     from asyncflow_hpc.topology.roles import Role
 
     def holds(r: int) -> bool:
-        return layout.has(r, Role.ROLLOUT) or (engine == "torch" and layout.has(r, Role.TRAINER))
+        return layout.has(r, Role.ROLLOUT) or (trainers and layout.has(r, Role.TRAINER))
 
     holders = [r for r in range(layout.world_size) if holds(r)]
     return split_even(examples, len(holders))[holders.index(rank)] if rank in holders else []
@@ -27,7 +28,7 @@ def evaluate(cfg: Any, comms: Any, engine: Any, task: common.Task, params: Any) 
     """Held-out accuracy and mean reward over data.eval_size prompts, split over the policy ranks (collective
     over the world)."""
     examples = task.test[:cfg.data.eval_size]
-    mine = eval_share(list(examples), comms.layout, comms.rank, cfg.rollout.engine)
+    mine = eval_share(list(examples), comms.layout, comms.rank, trainers_evaluate(cfg))
     total, correct, count = common.evaluate_local(engine, task, mine, params) if mine else (0.0, 0, 0)
     parts = comms.world.allgather((total, correct, count))
     total, correct, count = (sum(p[i] for p in parts) for i in range(3))
@@ -58,12 +59,21 @@ def progress_bar(cfg: Any, lead: bool, start: int = 0) -> Any:
                 unit="step", dynamic_ncols=True, mininterval=0.5)
 
 
-def save_policy(cfg: Any, task: common.Task, *, lead: bool) -> None:
-    """The final policy as a Hugging Face directory (model.save_path), written by the leading rank."""
-    if not cfg.model.save_path or not lead:
+def save_policy(cfg: Any, task: common.Task, trainer: Any, *, lead: bool) -> None:
+    """The final policy as a Hugging Face directory (model.save_path), written by the leading rank. Every
+    trainer rank calls it: a sharded trainer gathers the full weights onto the leader first."""
+    if not cfg.model.save_path:
         return
-    from asyncflow_hpc.models.hf import save_pretrained
+    from asyncflow_hpc.engines.fsdp_trainer import is_sharded
 
     path = cfg.model.save_path.replace("{run_dir}", cfg.run.resolved_dir)
-    save_pretrained(task.model, task.tokenizer, path)
-    print(f"saved the final policy to {path}", flush=True)
+    if is_sharded(trainer):
+        from asyncflow_hpc.checkpoint.sharded import export_hf
+
+        export_hf(trainer, path, task.tokenizer, bucket_mb=cfg.weights.bucket_mb)
+    elif lead:
+        from asyncflow_hpc.models.hf import save_pretrained
+
+        save_pretrained(task.model, task.tokenizer, path)
+    if lead:
+        print(f"saved the final policy to {path}", flush=True)

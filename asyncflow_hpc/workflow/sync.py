@@ -11,6 +11,7 @@ start and at the end, and rank 0 prints both.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -37,9 +38,13 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
         print(f"data: skipped {task.skipped_long} training prompts longer than data.max_prompt_tokens="
               f"{cfg.data.max_prompt_tokens} tokens ({len(task.train)} kept)", flush=True)
     tok = task.tokenizer
+    # A sharded trainer's model cannot run a forward on one rank alone: the colocated torch rollout engine
+    # gets its own whole copy, loaded with the gathered weights after every step.
+    own = cfg.trainer.engine == "fsdp" and cfg.rollout.engine == "torch"
+    rollout_model = copy.deepcopy(task.model) if own else task.model
     trainer = make_trainer(cfg, task.model, pad_id=tok.pad_id, group=comms.trainer_group, device=device)
     trainer.broadcast_parameters()
-    rollout = make_rollout(cfg, task.model, device, seed=cfg.run.seed)
+    rollout = make_rollout(cfg, rollout_model, device, seed=cfg.run.seed)
     rollout, trainer = maybe_emulate(cfg, rollout, trainer, dp=comms.layout.trainer_dp)
     sample_params = sampling_params(cfg.rollout, tok.stop_ids)
     greedy = sampling_params(cfg.rollout, tok.stop_ids, greedy=True)
@@ -90,7 +95,7 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
         if lead:
             print_eval("end", out["eval_end"])
     if not stopped:
-        save_policy(cfg, task, lead=lead)
+        save_policy(cfg, task, trainer, lead=lead)
     if hasattr(rollout, "close"):
         rollout.close()  # a vLLM engine's groups live on our default group: torn down before it
     out["wall_s"] = time.perf_counter() - t0
@@ -104,8 +109,9 @@ def _checkpoint_step(cfg, comms, ckpt, trainer, task, done: int, history: list) 
     why = ckpt.due(done, stop=stop)
     if why is None:
         return False
+    shards = ckpt.write_shards(done, trainer)  # every rank trains: a sharded trainer's pieces (collective)
     if comms.rank == 0:
-        ckpt.save(done, why, trainer=trainer, tokenizer=task.tokenizer, history=history)
+        ckpt.save(done, why, trainer=trainer, tokenizer=task.tokenizer, history=history, shards=shards)
     if why == "stop":
         comms.world.Barrier()  # nobody leaves before the checkpoint is published
         ckpt.stopped = True
@@ -154,8 +160,11 @@ def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder, c
 
 
 def _sync_rollout_weights(cfg, trainer, rollout) -> None:
-    """Colocated torch engines share the model object; other engines get the weights loaded."""
+    """Colocated torch engines share a replicated trainer's model object; other engines get the weights loaded
+    (a sharded trainer's gathered bucket by bucket on every rank: collective)."""
+    from asyncflow_hpc.engines.fsdp_trainer import weights_everywhere
+
     if cfg.rollout.engine == "torch" and getattr(rollout, "model", None) is trainer.model:
         rollout.version = trainer.version
     else:
-        rollout.load_weights(trainer.named_parameters_for_broadcast(), trainer.version)
+        rollout.load_weights(weights_everywhere(trainer, cfg.weights.bucket_mb), trainer.version)

@@ -27,8 +27,7 @@ from asyncflow_hpc.engines.fsdp_trainer import full_weights
 from asyncflow_hpc.models.hf import broadcast_tensors, build_policy, load_pretrained
 from asyncflow_hpc.models.tokenizer import CharTokenizer
 
-# workflow.job=smoke: the engines are driven directly (the training workflow refuses fsdp until it is wired)
-OVERRIDES = ["workflow.job=smoke", "trainer.micro_batch_rows=4", "trainer.updates_per_step=2", "algorithm.kl_coef=0.05",
+OVERRIDES = ["trainer.micro_batch_rows=4", "trainer.updates_per_step=2", "algorithm.kl_coef=0.05",
              "algorithm.proximal=recompute", "trainer.lr=0.01"]
 SIZES = [16, 9, 16, 7, 16, 9, 16, 5, 16, 3]  # rows per step: uneven shards and micro-batch counts
 

@@ -28,9 +28,21 @@ def test_tensor_and_pipeline_parallel_are_refused_for_fsdp_naming_the_key():
             load_config("configs/default.yaml", ["trainer.engine=fsdp", f"{key}=2"])
 
 
-def test_fsdp_training_job_is_refused_until_the_workflow_gathers_shards():
-    with pytest.raises(ConfigError, match="trainer.engine=fsdp: the FSDP2 engine is built and tested on its own"):
-        load_config("configs/default.yaml", ["trainer.engine=fsdp"])
+def test_sharded_trainer_ranks_own_no_engine_and_answer_no_held_out_prompts():
+    # A forward on a sharded model is a collective: a trainer rank alone must never evaluate with it.
+    from asyncflow_hpc.engines.factory import owns_engine, trainers_evaluate
+    from asyncflow_hpc.topology.roles import plan_layout
+    from asyncflow_hpc.workflow.stages import eval_share
+
+    over = ["workflow.mode=async", "topology.colocate=false", "topology.world_size=4", "topology.trainer_ranks=2"]
+    fsdp = load_config("configs/default.yaml", [*over, "trainer.engine=fsdp"])
+    torch_ = load_config("configs/default.yaml", over)
+    layout = plan_layout(4, fsdp.topology)
+    assert not trainers_evaluate(fsdp) and trainers_evaluate(torch_)
+    assert [owns_engine(fsdp, layout, r) for r in range(4)] == [False, False, True, True]
+    assert [owns_engine(torch_, layout, r) for r in range(4)] == [True] * 4
+    shares = [eval_share(list(range(10)), layout, r, trainers_evaluate(fsdp)) for r in range(4)]
+    assert shares[0] == shares[1] == [] and sorted(shares[2] + shares[3]) == list(range(10))
 
 
 def test_fsdp_without_a_process_group_is_a_named_error():
