@@ -18,6 +18,8 @@ class LaunchConfig:
     mpiexec_args: list[str] = opt(factory=list, help="Extra arguments passed to mpiexec.")
     srun_mpi: str = opt("auto", "srun --mpi plugin: auto = pmi2 for MPICH, pmix for Open MPI.")
     srun_args: list[str] = opt(factory=list, help="Extra arguments passed to srun.")
+    iface: str = opt("", "Network interface MPI listens on across hosts (e.g. ib0, eth0); empty = "
+                         "$GLOO_SOCKET_IFNAME. On one host: always loopback.")
     # submitit / Slurm resources
     nodes: int = opt(1, "Slurm nodes (submit).")
     tasks_per_node: int = opt(0, "MPI ranks per node (submit); 0 = topology.world_size / nodes.")

@@ -70,6 +70,9 @@ def launch_command(cfg, config_path: str | None, overrides: Sequence[str],
     if launcher == "auto":
         launcher = "srun" if in_allocation(env) else "mpiexec"
     extra_env = {"PYTHONUNBUFFERED": "1"}
+    one_host = _one_host(launcher, lc, env)
+    iface = "lo" if one_host else (lc.iface or env.get("GLOO_SOCKET_IFNAME", ""))
+    extra_env.update(mpi_socket_env(iface, one_host, env))
     if launcher == "srun":
         if not shutil.which("srun"):
             raise LaunchError("launch.launcher=srun but `srun` is not on PATH")
@@ -86,6 +89,8 @@ def launch_command(cfg, config_path: str | None, overrides: Sequence[str],
             # The launcher's monitor kills the job itself, naming the dead rank; with hydra's own
             # clean-up every rank would vanish at once and the culprit could not be told apart.
             cmd.append("-disable-auto-cleanup")
+        if flavour == "mpich" and iface and not one_host:
+            cmd += ["-iface", iface]  # the address hydra's proxies and PMI use between hosts
         if flavour == "openmpi":
             cmd.append("--oversubscribe")
             extra_env.update({"OMPI_MCA_osc": env.get("OMPI_MCA_osc", "^ucx")})
@@ -93,6 +98,31 @@ def launch_command(cfg, config_path: str | None, overrides: Sequence[str],
                 extra_env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
         cmd += list(lc.mpiexec_args)
     return cmd + rank_argv(config_path, overrides), extra_env
+
+
+_HOST_FLAGS = ("-hosts", "-host", "--host", "-f", "-hostfile", "--hostfile", "-machinefile", "--machinefile")
+
+
+def _one_host(launcher: str, lc, env: Mapping[str, str]) -> bool:
+    """Whether every rank runs on this host: srun in a one-node allocation, mpiexec without a host list."""
+    if launcher == "srun":
+        return (env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or "1") == "1"
+    return not any(a.split("=")[0] in _HOST_FLAGS for a in lc.mpiexec_args)
+
+
+def mpi_socket_env(iface: str, one_host: bool, env: Mapping[str, str]) -> dict[str, str]:
+    """Environment that makes MPICH's netmod listen on `iface` only (loopback on one host), not every interface.
+
+    UCX (the wheel's default netmod) listens on every network device: UCX_NET_DEVICES=lo on one host; across
+    hosts only where this host has no RDMA device (the list would also exclude InfiniBand/RoCE ports). libfabric's
+    tcp/sockets providers (MPIR_CVAR_CH4_NETMOD=ofi): FI_TCP_IFACE / FI_SOCKETS_IFACE. Values already in the
+    environment win. Hydra's own control port cannot be restricted (docs/reliability.md)."""
+    if not iface:
+        return {}
+    out = {"FI_TCP_IFACE": iface, "FI_SOCKETS_IFACE": iface}
+    if one_host or not (os.path.isdir("/sys/class/infiniband") and os.listdir("/sys/class/infiniband")):
+        out["UCX_NET_DEVICES"] = iface
+    return {k: v for k, v in out.items() if k not in env}
 
 
 def _monitored(cfg) -> bool:
@@ -114,17 +144,50 @@ def run(cfg, config_path: str | None, overrides: Sequence[str], *, dry_run: bool
     env.update(extra_env)
     # Ranks share the node's cores: give torch one thread each unless the user says otherwise.
     env.setdefault("OMP_NUM_THREADS", str(cfg.device.threads_per_rank))
-    if not _monitored(cfg):
-        try:
-            return subprocess.run(cmd, env=env).returncode
-        except FileNotFoundError as exc:
-            raise LaunchError(f"cannot start {cmd[0]}: {exc}") from None
-        except KeyboardInterrupt:
-            return 130
-    return _run_monitored(cfg, cmd, env)
+    temps = _job_temps(cfg, env)
+    try:
+        if not _monitored(cfg):
+            temps.start()
+            try:
+                return subprocess.run(cmd, env=env).returncode
+            except FileNotFoundError as exc:
+                raise LaunchError(f"cannot start {cmd[0]}: {exc}") from None
+            except KeyboardInterrupt:
+                return 130
+        return _run_monitored(cfg, cmd, env, temps)
+    finally:
+        temps.stop()
+        temps.clean()  # what an aborted job left (shared-memory segments, hydra's hwloc file, its temp folder)
 
 
-def _run_monitored(cfg, cmd: list[str], env: dict[str, str]) -> int:
+def _job_temps(cfg, env: dict[str, str]):
+    """Start-up of the job: remove what a killed launch of the same job left (before any MPI_Init), give the ranks
+    a job-scoped temp folder (vLLM's vllm_dist_* and ipc sockets land there), and note the job's files."""
+    import getpass
+
+    from asyncflow_hpc.launch.cleanup import ENV_TMPDIR, JobTemps, clean_stale, job_key, job_tmpdir, record_path
+
+    run_dir, key = cfg.run.resolved_dir, job_key(env)
+    clean_stale(run_dir, key, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    base = env.get("TMPDIR") or "/tmp"
+    tmpdir = job_tmpdir(key, base, os.getpid())
+    try:
+        os.makedirs(tmpdir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(f"cannot create the job's temp folder {tmpdir}: {exc} (set TMPDIR to a writable "
+                          "node-local folder)") from None
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    # Compiled-kernel caches stay where they were (shared across jobs), not in the job's folder.
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(base, f"torchinductor_{user}"))
+    env["TMPDIR"] = env[ENV_TMPDIR] = tmpdir
+    hb = heartbeat_dir(cfg) if _monitored(cfg) else None
+    return JobTemps(record=record_path(run_dir, key, pid=os.getpid()), heartbeat_dir=hb, tmpdir=tmpdir, key=key)
+
+
+def _run_monitored(cfg, cmd: list[str], env: dict[str, str], temps) -> int:
     """The child in its own process group (signals forwarded), watched by launch/monitor.py."""
     import shutil as _sh
     import signal
@@ -166,14 +229,10 @@ def _run_monitored(cfg, cmd: list[str], env: dict[str, str]) -> int:
         except (ProcessLookupError, PermissionError, ValueError):
             pass
 
-    from asyncflow_hpc.launch.cleanup import JobTemps
-
-    temps = JobTemps().start()  # notes the MPI temp files this job's processes hold, removed at the end
+    temps.start()  # notes the MPI temp files this job's processes hold (in the run dir's record)
     old = {s: signal.signal(s, forward) for s in (signal.SIGUSR2, signal.SIGINT, signal.SIGTERM)}
     try:
         return watch(proc, hb, cfg.topology.world_size, cfg.monitor, stop=stop)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        temps.stop()
-        temps.clean()  # what an aborted job left (shared-memory segments, hydra's hwloc file); only its own

@@ -87,6 +87,12 @@ class Heartbeat:
         d = os.environ.get(ENV_DIR)
         if not d:
             return None
+        tmp = os.environ.get("ASYNCFLOW_JOB_TMPDIR")
+        if tmp:  # the job's temp folder (TMPDIR): made by the launcher on its host, here on every other one
+            try:
+                os.makedirs(tmp, mode=0o700, exist_ok=True)
+            except OSError:
+                pass  # tempfile then falls back to /tmp
         return cls(d, rank=rank, role=role, interval_s=float(os.environ.get(ENV_INTERVAL, "1.0")))
 
     def activity(self, what: str) -> None:
@@ -125,6 +131,9 @@ class Heartbeat:
                 # The launcher was killed (e.g. SIGKILL): nobody would ever clean up this rank.
                 print(f"asyncflow-hpc: rank {self.rank} ({self.role}): launcher pid {watch_pid} is gone; exiting",
                       file=sys.stderr, flush=True)
+                from asyncflow_hpc.launch.cleanup import drop_own_files
+
+                drop_own_files()  # nobody else will: the job's shared-memory segments must not outlive it
                 os._exit(70)
 
     def _write(self, final: bool = False) -> None:

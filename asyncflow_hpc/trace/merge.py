@@ -77,11 +77,12 @@ def merge_payloads(traces: Sequence[Trace]) -> dict[str, np.ndarray]:
                 schema.FLAT["payload_logprobs"])}
 
 
-def merge_traces(rank_files: Sequence[str], out_path: str) -> Trace:
+def merge_traces(rank_files: Sequence[str], out_path: str, extra_attrs: dict[str, Any] | None = None) -> Trace:
     """Concatenate per-rank traces (spans sorted by start time) into `out_path`; returns the merged trace.
 
     Metadata (config, topology, versions) comes from the lowest rank's file; every file must share
-    the run epoch (they were aligned by the same clock sync), else they are from different runs."""
+    the run epoch (they were aligned by the same clock sync), else they are from different runs.
+    `extra_attrs` are added to the merged file's attributes."""
     if not rank_files:
         raise TraceError(f"{out_path}: no per-rank trace files to merge")
     traces = sorted((read_trace(p) for p in rank_files), key=lambda t: int(t.ranks["rank"].min()) if len(t.ranks) else 0)
@@ -107,6 +108,7 @@ def merge_traces(rank_files: Sequence[str], out_path: str) -> Trace:
     attrs = {k: v for k, v in first.attrs.items() if k not in ("format", "schema_version")}
     attrs.update(merged=True, created_unix=time.time(),
                  world_size=max(int(t.attrs.get("world_size", 1)) for t in traces))
+    attrs.update(extra_attrs or {})
     meta = {"config": first.config, "topology": first.topology, "versions": first.versions, "extra": first.extra}
     write_trace(out_path, tables, attrs, meta)
     return read_trace(out_path)

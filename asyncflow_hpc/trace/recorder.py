@@ -84,6 +84,9 @@ class Span:
         rec._tick()
 
 
+ALT_SUFFIX = ".alt"  # the per-rank file's twin during the run (see Recorder.flush)
+
+
 class Recorder:
     """Records this rank's trace into memory and flushes it to `path` (an HDF5 file)."""
 
@@ -113,6 +116,8 @@ class Recorder:
         self._hostname = socket.gethostname()
         self._run_name = ""
         self._flushed = False
+        self._gen = 0  # flushes done; even ones go to `path`, odd ones to `path + ALT_SUFFIX`
+        self._prev: dict[str, np.ndarray] | None = None  # the last flush's rows (the other file lacks them)
         self._closed = False
         self._lock = threading.Lock()
         self._n_events = 0
@@ -283,27 +288,45 @@ class Recorder:
                 "merged": False}
 
     def flush(self) -> None:
-        """Append buffered rows to the rank file (created on first flush)."""
+        """Append buffered rows to the rank file (created on first flush).
+
+        Crash-safe: flushes alternate between `path` and `path + ALT_SUFFIX`, each file brought up to date with the
+        previous flush's rows as well, so a process killed in the middle of one flush leaves the other file
+        complete up to the previous flush (`trace.recover.best_rank_file` picks it). close() leaves `path` only."""
         import h5py
 
         tables = self._tables()
+        gen = self._gen
+        target = self.path if gen % 2 == 0 else self.path + ALT_SUFFIX
         try:
-            with h5py.File(self.path, "a" if self._flushed else "w") as f:
-                if not self._flushed:
+            with h5py.File(target, "a" if gen >= 2 else "w") as f:
+                if gen < 2:
                     schema.create_tables(f)
                     schema.append_rows(f, "ranks", self._rank_row())
-                schema.write_attrs(f, self._attrs())
+                schema.write_attrs(f, {**self._attrs(), "flush_gen": gen})
                 schema.write_meta(f, self._meta)
-                for name, rows in tables.items():
-                    schema.append_rows(f, name, rows)
+                for part in (self._prev, tables):
+                    for name, rows in (part or {}).items():
+                        schema.append_rows(f, name, rows)
         except OSError as exc:
             raise TraceError(f"{self.path}: cannot write trace (rank {self.rank}, role {self.role}): {exc}") from None
+        self._prev = tables
+        self._gen += 1
         self._flushed = True
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
         if not self._closed:
             self.flush()
+            alt = self.path + ALT_SUFFIX
+            try:
+                if self._gen % 2 == 0:  # the last flush went to the alternate file: it is the complete one
+                    os.replace(alt, self.path)
+                elif os.path.exists(alt):
+                    os.remove(alt)
+            except OSError as exc:
+                raise TraceError(f"{self.path}: cannot finish trace (rank {self.rank}): {exc}") from None
+            self._prev = None
             self._closed = True
 
     def __enter__(self) -> "Recorder":
