@@ -99,6 +99,10 @@ def _cross_check(cfg: JobConfig, where: str) -> None:
         raise ConfigError(f"{where}: algorithm.dynamic_sampling drops groups with equal rewards and feeds "
                           f"replacement prompts through the store, which workflow.mode=sync does not use; set "
                           f"workflow.mode=async (eta=0 is on-policy) or algorithm.dynamic_sampling=false")
+    if cfg.data.eval_every and cfg.workflow.mode == "async" and cfg.workflow.job == "train":
+        raise ConfigError(f"{where}: data.eval_every={cfg.data.eval_every}: held-out evaluation during an async run "
+                          f"is not wired (rollout ranks never pause for it); set data.eval_every=0 (accuracy is "
+                          f"measured at the start and the end) or workflow.mode=sync")
     t = cfg.topology
     if cfg.workflow.job == "train" and (t.trainer_tp > 1 or t.trainer_pp > 1) and cfg.trainer.engine == "torch":
         key = "topology.trainer_tp" if t.trainer_tp > 1 else "topology.trainer_pp"

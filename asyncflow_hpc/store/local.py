@@ -36,6 +36,19 @@ class LocalStore(StoreBase):
         self._lock = threading.Lock()
         self._closed = False
 
+    producer_id = 0  # which producer this handle puts and marks done for (for_producer)
+
+    def for_producer(self, producer: int) -> "LocalStore":
+        """A handle on this same store for producer `producer` (0 .. producers-1), e.g. one per producer thread:
+        consumers see end of stream once every producer marked itself done."""
+        import copy
+
+        if not 0 <= producer < self.ctrl.producers:
+            raise StoreError(f"store {self.label}: producer {producer} outside 0..{self.ctrl.producers - 1}")
+        view = copy.copy(self)
+        view.producer_id = producer
+        return view
+
     def _call(self, name: str, *args: Any) -> Any:
         if self._closed:
             raise StoreError("store is closed")
@@ -46,7 +59,7 @@ class LocalStore(StoreBase):
         self._call("register_task", name, columns, adds)
 
     def _alloc(self, col_ids, sizes, counts, index, group, version, wait_s=0.0):
-        return self._call("alloc", col_ids, sizes, counts, index, group, version, 0)
+        return self._call("alloc", col_ids, sizes, counts, index, group, version, self.producer_id)
 
     def _alloc_columns(self, row_ids, col_ids, sizes, counts, wait_s=0.0):
         return self._call("alloc_columns", row_ids, col_ids, sizes, counts)
@@ -56,7 +69,7 @@ class LocalStore(StoreBase):
 
     # leases (off by default here: no round trip to save; `leasing = True` exercises them in tests)
     def _take_lease(self, rows, nbytes, want_rows, want_bytes, wait_s=0.0):
-        return self._call("lease", rows, nbytes, want_rows, want_bytes, 0)
+        return self._call("lease", rows, nbytes, want_rows, want_bytes, self.producer_id)
 
     def _commit_leased(self, *args):
         self._call("commit_leased", *args)
@@ -80,7 +93,7 @@ class LocalStore(StoreBase):
         return self._call("stats")
 
     def _mark_done(self):
-        self._call("mark_done", 0)
+        self._call("mark_done", self.producer_id)
 
     def _write(self, ops):
         for u, off, buf in ops:

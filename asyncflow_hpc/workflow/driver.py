@@ -32,6 +32,8 @@ def run_rank(cfg, env: JobEnv) -> int:
 
     torch.set_num_threads(cfg.device.threads_per_rank)
     t0 = time.perf_counter()
+    if cfg.workflow.job == "train" and _already_complete(cfg, world.rank):
+        return 0  # before any process group: ranks leaving at once must not break a peer's connect
     layout = build_layout(cfg, env, world)
     comms = Comms.create(layout, cfg.device, local_rank=env.local_rank, world=world,
                          isolate_rollout=cfg.rollout.engine != "torch")
@@ -55,17 +57,28 @@ def run_rank(cfg, env: JobEnv) -> int:
         comms.close()
 
 
+def _already_complete(cfg, rank: int) -> bool:
+    """resume=auto on a run whose result.json says it is done (every rank reads the same file)."""
+    from asyncflow_hpc.checkpoint.run import already_complete
+
+    if not already_complete(cfg):
+        return False
+    if rank == 0:
+        print(f"asyncflow-hpc: run {cfg.run.name} already completed {cfg.workflow.steps} steps "
+              f"({cfg.run.resolved_dir}/result.json); nothing to resume", flush=True)
+    return True
+
+
 def _run_train(cfg, env: JobEnv, comms: Comms, hb) -> int:
     """Resolve the checkpoint to resume from, run the workflow, merge the trace, write result.json."""
-    from asyncflow_hpc.checkpoint.run import Checkpointer, already_complete
+    from asyncflow_hpc.checkpoint.run import Checkpointer
 
     world, layout = comms.world, comms.layout
-    if already_complete(cfg):
-        if world.rank == 0:
-            print(f"asyncflow-hpc: run {cfg.run.name} already completed {cfg.workflow.steps} steps "
-                  f"({cfg.run.resolved_dir}/result.json); nothing to resume", flush=True)
-        return 0
     ck = Checkpointer(cfg, verbose=world.rank == 0)  # rank 0 says which checkpoints resume=auto skipped
+    if ck.resuming and world.rank == 0:  # a killed segment's per-rank trace files, merged now (trace/recover.py)
+        from asyncflow_hpc.trace.recover import merge_left_segments
+
+        merge_left_segments(ck.trace_segments, ck.start, log=lambda m: print(m, flush=True))
     recorder, trace_path = _start_trace(cfg, env, comms, segment=ck.start if ck.resuming else None)
     if trace_path:
         ck.trace_segments.append(os.path.abspath(trace_path))

@@ -103,3 +103,10 @@ def test_every_shipped_config_loads():
     assert root / "smoke.yaml" in paths
     for p in paths:
         load_config(str(p))
+
+
+def test_eval_every_is_refused_in_async_mode_naming_the_key():
+    # accepted means it does something: async rollout ranks never pause for a mid-run evaluation
+    with pytest.raises(ConfigError, match="data.eval_every=5"):
+        load_config("configs/default.yaml", ["workflow.mode=async", "topology.colocate=false", "data.eval_every=5"])
+    assert load_config("configs/default.yaml", ["workflow.mode=sync", "data.eval_every=5"]).data.eval_every == 5
