@@ -17,10 +17,10 @@ from asyncflow_hpc.checkpoint.config import CheckpointConfig
 from asyncflow_hpc.configlib import Source, build, fail, load_yaml, opt, parse_override, section, set_dotted, to_dict
 from asyncflow_hpc.data.config import DataConfig
 from asyncflow_hpc.engines.config import RolloutConfig, TrainerConfig
-from asyncflow_hpc.engines.emulated import EmulationConfig
+from asyncflow_hpc.engines.config import EmulationConfig
 from asyncflow_hpc.errors import ConfigError
 from asyncflow_hpc.launch.config import LaunchConfig
-from asyncflow_hpc.launch.monitor import MonitorConfig
+from asyncflow_hpc.launch.config import MonitorConfig
 from asyncflow_hpc.models.config import ModelConfig
 from asyncflow_hpc.rewards.config import RewardConfig
 from asyncflow_hpc.store.config import StoreConfig
@@ -88,7 +88,7 @@ def _cross_check(cfg: JobConfig, where: str) -> None:
     try:  # the Dr. GRPO normaliser and DAPO overlong shaping measure against rollout.max_new_tokens
         cfg.algorithm.check_job(cfg.rollout.max_new_tokens)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: algorithm.{exc}") from None
+        raise ConfigError(f"{where}: algorithm.{exc}", key=f"algorithm.{exc.key}" if exc.key else None) from None
     if cfg.workflow.mode == "sync" and cfg.workflow.job == "train" and not cfg.topology.colocate:
         # The synchronous baseline is colocated by definition; make that explicit instead of guessing.
         cfg.topology.colocate = True
@@ -138,7 +138,7 @@ def load_config(path: str | None, overrides: Sequence[str] = ()) -> JobConfig:
         msg = " ".join(str(exc).split())  # YAML parser messages span lines; keep the one-line contract
         if msg == str(exc):
             raise
-        raise type(exc)(msg) from None
+        raise type(exc)(msg, key=exc.key) from None
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError, UnicodeError) as exc:
         where = path or "<defaults>"
         raise ConfigError(f"{where}: cannot use this configuration ({type(exc).__name__}: "
@@ -163,7 +163,8 @@ def _load_config(path: str | None, overrides: Sequence[str] = ()) -> JobConfig:
         msg = str(exc)
         key = msg[len(f"{path}: "):].split(":")[0] if path and msg.startswith(f"{path}: ") else ""
         if key and any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in cli_keys):
-            raise ConfigError(f"<command line override> (config {path}): {msg[len(path) + 2:]}") from None
+            raise ConfigError(f"<command line override> (config {path}): {msg[len(path) + 2:]}",
+                              key=exc.key) from None
         raise
     cfg.source_file = os.path.abspath(path) if path else None
     cfg.overrides = tuple(overrides)

@@ -128,14 +128,16 @@ def build(cls: type, data: dict[str, Any], src: Source, prefix: str = "") -> Any
         return cls(**kwargs)
     except ValueError as exc:
         # __post_init__ checks raise ConfigError("field: message"); prefix the section and file.
-        raise ConfigError(src.where(f"{prefix}.{exc}" if prefix else str(exc))) from None
+        key = getattr(exc, "key", None)
+        raise ConfigError(src.where(f"{prefix}.{exc}" if prefix else str(exc)),
+                          key=f"{prefix}.{key}" if key and prefix else key) from None
     except TypeError as exc:
         raise ConfigError(f"{src.where(prefix)}: {exc}") from None
 
 
 def fail(field_name: str, message: str) -> ConfigError:
     """For `__post_init__`: `raise fail('batch_size', 'must be positive, got 0')`."""
-    return ConfigError(f"{field_name}: {message}")
+    return ConfigError(f"{field_name}: {message}", key=field_name)
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

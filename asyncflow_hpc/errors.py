@@ -8,7 +8,11 @@ class AsyncFlowError(Exception):
 
 
 class ConfigError(AsyncFlowError, ValueError):
-    """A configuration key, value, file or override is wrong."""
+    """A configuration key, value, file or override is wrong; `key` names it (dotted) where one is known."""
+
+    def __init__(self, message: str = "", *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class TopologyError(ConfigError):

@@ -26,21 +26,11 @@ def is_fresh(consumer_version: int, row_version: int, eta: int) -> bool:
     return 0 <= s <= eta
 
 
-def oldest_usable_version(consumer_version: int, eta: int) -> int:
-    """The oldest row version step `consumer_version` may still consume."""
-    return consumer_version - eta
-
-
 def admission_quota(rollout_version: int, eta: int, batch_rows: int) -> int:
     """Total rows that may have been admitted (started) by a rollout holding `rollout_version`."""
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     return (rollout_version + eta + 1) * batch_rows
-
-
-def may_admit(rows_admitted: int, rollout_version: int, eta: int, batch_rows: int) -> bool:
-    """Rollout admission control: may one more row start with weights `rollout_version`?"""
-    return rows_admitted < admission_quota(rollout_version, eta, batch_rows)
 
 
 def required_version(rows_admitted: int, eta: int, batch_rows: int) -> int:

@@ -24,35 +24,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable
 
-from asyncflow_hpc.configlib import fail, opt
-
-
-@dataclass(kw_only=True)
-class EmulationConfig:
-    """Emulated accelerator time (benchmarks on CPU-only machines); off in real runs."""
-
-    enabled: bool = opt(False, "Pad engine calls to an emulated device's time (bench e2e on CPU machines).")
-    prefill_s: float = opt(0.002, "Emulated prefill time of one prompt group.")
-    decode_s_per_token: float = opt(0.0005, "Emulated decode time per token position of a group (memory-bound).")
-    train_s_per_token: float = opt(0.00002, "Emulated train time per response token on one device.")
-    step_overhead_s: float = opt(0.005, "Emulated fixed cost of one train step (optimizer, launch).")
-    length_mu: float = opt(3.0, "Virtual response length ~ lognormal(mu, sigma), tokens.")
-    length_sigma: float = opt(1.0, "Lognormal sigma of virtual response lengths (the long tail).")
-    length_max: int = opt(1024, "Cap of the virtual response length.")
-    time_scale: float = opt(1.0, "Multiplies every emulated time: larger values make device time dominate host "
-                                 "contention (the sync/async ratio of the cost model does not depend on it).")
-
-    def __post_init__(self) -> None:
-        if self.time_scale <= 0:
-            raise fail("time_scale", f"must be > 0, got {self.time_scale}")
-        for name in ("prefill_s", "decode_s_per_token", "train_s_per_token", "step_overhead_s", "length_sigma"):
-            if getattr(self, name) < 0:
-                raise fail(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.length_max < 1:
-            raise fail("length_max", f"must be >= 1, got {self.length_max}")
+from asyncflow_hpc.engines.config import EmulationConfig  # noqa: F401 (re-exported: its config lives in engines/config)
 
 
 def virtual_length(cfg: EmulationConfig, seed: int) -> int:
@@ -121,7 +95,7 @@ class EmulatedTrainer:
         return getattr(self.inner, name)
 
     def train_step(self, rows):
-        from asyncflow_hpc.workflow.common import derive_seed
+        from asyncflow_hpc.seeds import derive_seed
 
         t = time.perf_counter()
         out = self.inner.train_step(rows)

@@ -56,6 +56,8 @@ class ReferencePolicy:
 
 
 class TorchTrainerEngine(TrainerEngine):
+    recorder: Any = None  # a trace recorder: the gradient all-reduce of each update is a span (the cost model's)
+
     def __init__(self, model: Any, *, trainer_cfg: TrainerConfig, algo_cfg: AlgorithmConfig, temperature: float,
                  pad_id: int, group: Any = None, device: str = "cpu", reference: bool | None = None):
         import torch
@@ -195,7 +197,13 @@ class TorchTrainerEngine(TrainerEngine):
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        allreduce_sum([p.grad for p in params], self.group, self.cfg.allreduce_bucket_mb)
+        if self.dp_size > 1 and self.recorder is not None:
+            from asyncflow_hpc.trace.schema import SpanName
+
+            with self.recorder.span(SpanName.ALLREDUCE.value):
+                allreduce_sum([p.grad for p in params], self.group, self.cfg.allreduce_bucket_mb)
+        else:
+            allreduce_sum([p.grad for p in params], self.group, self.cfg.allreduce_bucket_mb)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         (optimizer or self.optimizer).step()

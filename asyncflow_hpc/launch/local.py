@@ -126,8 +126,7 @@ def mpi_socket_env(iface: str, one_host: bool, env: Mapping[str, str]) -> dict[s
 
 
 def _monitored(cfg) -> bool:
-    mon = getattr(cfg, "monitor", None)
-    return bool(mon is not None and mon.enabled)
+    return bool(cfg.monitor.enabled)
 
 
 def heartbeat_dir(cfg) -> str:

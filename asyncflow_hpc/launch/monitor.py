@@ -32,33 +32,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from asyncflow_hpc.configlib import fail, opt
+from asyncflow_hpc.launch.config import MonitorConfig  # noqa: F401 (re-exported: its config lives in launch/config)
 
 ENV_DIR = "ASYNCFLOW_HEARTBEAT_DIR"
 ENV_INTERVAL = "ASYNCFLOW_HEARTBEAT_S"
 ENV_LAUNCHER = "ASYNCFLOW_LAUNCHER"  # "<host>:<pid>" of `asyncflow-hpc run`: ranks end if it is gone
-
-
-@dataclass(kw_only=True)
-class MonitorConfig:
-    """How `asyncflow-hpc run` watches the ranks (heartbeats under <run dir>/heartbeat)."""
-
-    enabled: bool = opt(True, "Watch rank heartbeats and the MPI child; kill the job with one named error on a failure.")
-    interval_s: float = opt(1.0, "How often each rank writes its heartbeat file.")
-    stale_s: float = opt(30.0, "A heartbeat older than this means the rank is frozen: the job is killed.")
-    hang_s: float = opt(0.0, "A rank in the same activity for longer than this is hung (0 = off; waits have "
-                             "their own timeouts, which raise named errors).")
-    poll_s: float = opt(0.2, "How often the launcher checks.")
-    kill_grace_s: float = opt(3.0, "After SIGTERM, seconds before the job's processes get SIGKILL.")
-
-    def __post_init__(self) -> None:
-        for name in ("interval_s", "stale_s", "poll_s"):
-            if getattr(self, name) <= 0:
-                raise fail(name, f"must be > 0, got {getattr(self, name)}")
-        if self.stale_s < 3 * self.interval_s:
-            raise fail("stale_s", f"must be at least 3 x interval_s ({3 * self.interval_s:g}), got {self.stale_s:g}")
-        if self.hang_s < 0 or self.kill_grace_s < 0:
-            raise fail("hang_s", "hang_s and kill_grace_s must be >= 0")
 
 
 def hb_path(directory: str, rank: int) -> str:

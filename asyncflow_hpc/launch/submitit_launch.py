@@ -127,13 +127,8 @@ class LocalRun(submitit.helpers.Checkpointable):
 
 
 def resume_overrides() -> list[str]:
-    """Overrides a requeued job adds to resume from its checkpoint; `resume=auto` once the key exists (issue 7)."""
-    import dataclasses
-
-    from asyncflow_hpc.config import JobConfig
-
-    names = {f.name for f in dataclasses.fields(JobConfig)}
-    return ["resume=auto"] if "resume" in names else []
+    """Overrides a requeued job adds to resume from its checkpoint."""
+    return ["resume=auto"]
 
 
 def _with_resume(overrides: Sequence[str]) -> list[str]:
@@ -188,7 +183,12 @@ def sbatch_options() -> frozenset[str]:
 
 def slurm_params(extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split launch.slurm_extra into submitit `slurm_*` parameters and extra sbatch options; reject typos."""
-    from submitit.slurm.slurm import _get_default_parameters
+    try:  # submitit's own list of its slurm_* parameters (a private helper: named if it moves)
+        from submitit.slurm.slurm import _get_default_parameters
+    except ImportError as exc:
+        raise LaunchError(f"this submitit ({getattr(submitit, '__version__', '?')}) has no "
+                          f"submitit.slurm.slurm._get_default_parameters ({exc}); pin submitit to the version "
+                          f"in setup.py") from None
 
     submitit_names = set(_get_default_parameters()) - _OWNED - _NOT_EXTRA - {"additional_parameters"}
     sbatch_names = {o.replace("-", "_") for o in sbatch_options()} - _OWNED - _NOT_EXTRA
@@ -276,7 +276,7 @@ def submit_job(cfg, config_path: str, overrides: Sequence[str], *, cluster: str 
     """Submit and return the submitit Job (tests and Python users wait on it themselves)."""
     if not config_path or not os.path.isfile(config_path):
         raise ConfigError(f"{config_path}: config file not found")
-    cluster = choose_cluster(cluster or getattr(cfg.launch, "submit_cluster", None))
+    cluster = choose_cluster(cluster or cfg.launch.submit_cluster)
     instance = slurm_instance() if cluster == "slurm" else "local-" + _dt.datetime.now().strftime("%Y%m%dT%H%M%S%f")
     path = resolve_folder(folder or cfg.launch.folder, run_name=cfg.run.name, instance=instance)
     executor = make_executor(cfg, cluster, path)

@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from asyncflow_hpc.trace.reader import Trace
+from asyncflow_hpc.trace.schema import SpanName as N
 from asyncflow_hpc.trace.schema import TraceError
+
+# The spans `fit` reads; a real run records each of them (tests/mpi/test_trace_recorder_mpi.py), ALLREDUCE only
+# with a replicated trainer of more than one rank.
+READS = (N.GENERATE, N.TRAIN_STEP, N.ALLREDUCE, N.WEIGHT_SEND, N.WEIGHT_RECV, N.WEIGHT_SWAP, N.STORE_PUT,
+         N.BATCH_WAIT, N.PROMPT_WAIT)
 
 
 @dataclass(kw_only=True)
@@ -144,7 +150,7 @@ def _cfg(t: Trace, section: str, key: str, default):
 
 def workload_of(t: Trace) -> Workload:
     """Batch size, call size, lengths, split and eta of the traced run."""
-    steps_sp = t.spans_named("train_step")
+    steps_sp = t.spans_named(N.TRAIN_STEP.value)
     if len(steps_sp) == 0:
         raise TraceError(f"{t.path}: no 'train_step' spans; the simulator needs a trace of a training run")
     lead = steps_sp[steps_sp["rank"] == steps_sp["rank"].min()]
@@ -156,7 +162,7 @@ def workload_of(t: Trace) -> Workload:
         batch = int(np.median(np.unique(consumed["version_consumed"], return_counts=True)[1]))
     else:
         raise TraceError(f"{t.path}: train_step spans carry no 'rows' and no consumed samples were recorded")
-    gen = t.spans_named("generate")
+    gen = t.spans_named(N.GENERATE.value)
     gen_rows = int(np.median(gen["rows"][gen["rows"] > 0])) if len(gen) and (gen["rows"] > 0).any() else batch
     rows = consumed if len(consumed) else sa
     resp = rows["response_len"][rows["response_len"] >= 0].astype(float)
@@ -178,7 +184,7 @@ def fit_costs(t: Trace, shape: Workload | None = None) -> CostModel:
     """Fit every stage's cost from the trace's spans."""
     shape = shape or workload_of(t)
     notes: list[str] = []
-    gen = t.spans_named("generate")
+    gen = t.spans_named(N.GENERATE.value)
     if len(gen) == 0:
         raise TraceError(f"{t.path}: no 'generate' spans; cannot fit the rollout cost")
     g_ov = g_tok = g_row = 0.0
@@ -190,21 +196,22 @@ def fit_costs(t: Trace, shape: Workload | None = None) -> CostModel:
         rows = np.where(gen["rows"] > 0, gen["rows"], shape.gen_rows)
         g_ov, g_row, sep = fit_linear(rows, _dur(gen))
         notes.append("generate: no token counts recorded; fitted per row")
-    steps = t.spans_named("train_step")
+    steps = t.spans_named(N.TRAIN_STEP.value)
     lead = steps[steps["rank"] == steps["rank"].min()]
     # The first step pays one-off costs (allocation, compilation): fit on the rest when there are enough.
     fit_on = lead[1:] if len(lead) >= 4 else lead
     rows = np.where(fit_on["rows"] > 0, fit_on["rows"], shape.batch_rows)
     tokens = np.where(fit_on["tokens"] > 0, fit_on["tokens"], rows * (shape.prompt_len + shape.response_len))
     dp = max(1, shape.trainer_ranks // shape.trainer_mp)
-    ar = t.spans_named("allreduce")
+    ar = t.spans_named(N.ALLREDUCE.value)
     ar_med = float(np.median(_dur(ar))) if len(ar) and dp > 1 else 0.0  # nested inside train_step
     t_ov, t_tok, sep = fit_linear(tokens, np.maximum(_dur(fit_on) - ar_med, 0.0))
     if not sep:
         notes.append("train_step: token counts barely vary; whole step taken as work that divides over replicas")
-    send = t.spans[(t.spans["name"] == "weight_send")]
-    recv = t.spans[(t.spans["name"] == "weight_recv")]
-    swap = t.spans[(t.spans["name"] == "weight_swap")]
+    send = t.spans[(t.spans["name"] == N.WEIGHT_SEND.value)]
+    recv = t.spans[(t.spans["name"] == N.WEIGHT_RECV.value)]
+    swap = t.spans[(t.spans["name"] == N.WEIGHT_SWAP.value)]
+    puts = t.spans_named(N.STORE_PUT.value)
     sync_trainer = float(np.median(_dur(send))) if len(send) else 0.0
     transfer = sync_trainer
     if len(recv) and len(lead):
@@ -219,9 +226,9 @@ def fit_costs(t: Trace, shape: Workload | None = None) -> CostModel:
                      train_per_token_s=t_tok, allreduce_s=ar_med / (2.0 * (dp - 1) / dp) if dp > 1 else 0.0,
                      sync_trainer_s=sync_trainer, sync_transfer_s=transfer,
                      swap_s=float(np.median(_dur(swap))) if len(swap) else 0.0, fit_dp=dp, notes=notes,
-                     fetch_s=_fetch_cost(t), put_s=float(np.mean(_dur(t.spans_named("store_put")))) if len(
-                         t.spans_named("store_put")) else 0.0,
-                     trainer_gap_s=max(0.0, _trainer_gap(lead, t.spans_named("batch_wait")) - sync_trainer),
+                     fetch_s=_fetch_cost(t), put_s=float(np.mean(_dur(puts))) if len(puts) else 0.0,
+                     trainer_gap_s=max(0.0, _trainer_gap(lead, t.spans_named(N.BATCH_WAIT.value))
+                                       - sync_trainer),
                      sync_fit_receivers=shape.rollout_ranks if len(send) else 0,
                      gen_ratios=ratios / ratios.mean() if len(ratios) else ratios)
 
@@ -229,7 +236,7 @@ def fit_costs(t: Trace, shape: Workload | None = None) -> CostModel:
 def _fetch_cost(t: Trace) -> float:
     """Mean time to take a prompt from the store, without the waits that admission control causes
     (those the simulator produces itself): prompt_wait spans longer than 4x their median are stalls."""
-    d = _dur(t.spans_named("prompt_wait"))
+    d = _dur(t.spans_named(N.PROMPT_WAIT.value))
     if len(d) == 0:
         return 0.0
     return float(np.mean(d[d <= 4.0 * np.median(d)]))

@@ -127,8 +127,10 @@ def _table(f: Any, name: str, path: str, version: int) -> np.ndarray:
         return schema.empty(name)
     if name not in f:
         raise TraceError(f"{path}: table '/{name}' is missing; the file is incomplete or corrupt")
-    ds = f[name]
-    if not hasattr(ds, "dtype") or ds.dtype != expected or len(ds.shape) != 1:
+    import h5py
+
+    ds = f[name]  # a flipped bit can make the name resolve to a committed datatype or a group
+    if not isinstance(ds, h5py.Dataset) or ds.dtype != expected or len(ds.shape) != 1:
         got = getattr(ds, "dtype", type(ds).__name__)
         raise TraceError(f"{path}: table '/{name}' has layout {got}, expected {expected} for schema_version "
                          f"{version}; the file is corrupt or from another program")
@@ -197,7 +199,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
             meta = {key: _meta(f, key, path) for key in schema.META_KEYS}
     except TraceError:
         raise
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
         raise TraceError(f"{path}: cannot read ({_short(exc)}); the file is truncated or corrupt") from None
     t = Trace(path=path, schema_version=int(attrs["schema_version"]), attrs=attrs, **tables,
               config=meta["config"] if isinstance(meta["config"], dict) else {}, topology=meta["topology"],

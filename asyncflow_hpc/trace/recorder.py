@@ -425,9 +425,8 @@ def rank_path(final_path: str, rank: int) -> str:
 
 def make_recorder(cfg: Any, *, final_path: str, rank: int, role: str, world_size: int) -> Recorder | NullRecorder:
     """Recorder for this rank per TraceConfig `cfg` (NullRecorder when cfg.enabled is false)."""
-    if not getattr(cfg, "enabled", True):
+    if not cfg.enabled:
         return NullRecorder(rank=rank, role=role)
     os.makedirs(os.path.dirname(os.path.abspath(final_path)), exist_ok=True)
     return Recorder(rank_path(final_path, rank), rank=rank, role=role, world_size=world_size,
-                    flush_rows=getattr(cfg, "flush_rows", 1 << 16), payloads=getattr(cfg, "payloads", True),
-                    flush_s=getattr(cfg, "flush_s", 0.0))
+                    flush_rows=cfg.flush_rows, payloads=cfg.payloads, flush_s=cfg.flush_s)

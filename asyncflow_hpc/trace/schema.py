@@ -22,6 +22,7 @@ Nothing in a trace is ever executed: metadata is JSON text, tables are plain num
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any
 
@@ -71,6 +72,31 @@ FLAT: dict[str, np.dtype] = {"payload_tokens": np.dtype("<i4"), "payload_logprob
 # Tables added after schema version 1 (absent from version-1 files: read as empty).
 ADDED_IN_2 = frozenset({"payloads", "payload_tokens", "payload_logprobs"})
 META_KEYS = ("config", "topology", "versions", "extra")
+
+
+class SpanName(str, enum.Enum):
+    """Every span name the workflows record: the one list that the cost model, the simulator's synthetic
+    trace and the views read from (tests/mpi/test_trace_recorder_mpi.py checks that a real run records
+    each one the cost model reads)."""
+
+    GENERATE = "generate"        # rollout: one prompt group (rows, tokens, version)
+    PROMPT_WAIT = "prompt_wait"  # rollout: waiting for a prompt id
+    STORE_PUT = "store_put"      # rollout: one group's rows into the sample store
+    WEIGHT_SWAP = "weight_swap"  # rollout: a staged version loaded into the engine
+    WEIGHT_WAIT = "weight_wait"  # rollout: waiting for the version a prompt needs
+    WEIGHT_RECV = "weight_recv"  # rollout, background thread: one version received and verified
+    BATCH_WAIT = "batch_wait"    # trainer leader: waiting for a step's whole groups
+    TRAIN_STEP = "train_step"    # trainer: one RL step (rows, tokens)
+    ALLREDUCE = "allreduce"      # replicated trainer: the gradient all-reduce of one update, inside train_step
+    WEIGHT_SEND = "weight_send"  # trainer: snapshot (and gather) of version v+1 for the broadcast
+    REWARD = "reward"            # reward rank: one group scored
+    REFERENCE = "reference"      # reference rank: one group's reference log-probs
+    GATHER_WAIT = "gather_wait"  # sync mode: every rank's rows of a step
+    EVALUATE = "evaluate"        # held-out evaluation
+    SFT_WARMUP = "sft_warmup"    # supervised warm-up before RL
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class TraceError(AsyncFlowError):

@@ -31,8 +31,7 @@ def start_trace(cfg: Any, comm: Any, *, final_path: str, role: str, config: Any 
     rec = make_recorder(cfg, final_path=final_path, rank=rank, role=role, world_size=size)
     if not rec.enabled:
         return rec
-    rec.set_clock(measure_clock_offset(comm, rounds=getattr(cfg, "clock_sync_rounds", 16),
-                                       timeout_s=getattr(cfg, "timeout_s", 300.0), role=role))
+    rec.set_clock(measure_clock_offset(comm, rounds=cfg.clock_sync_rounds, timeout_s=cfg.timeout_s, role=role))
     rec.set_metadata(config=config, topology=topology, **extra)
     return rec
 

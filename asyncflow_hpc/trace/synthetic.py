@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from asyncflow_hpc.trace import schema
+from asyncflow_hpc.trace.schema import SpanName as N
 from asyncflow_hpc.trace.costmodel import CostModel, costs_dict
 from asyncflow_hpc.trace.merge import write_trace
 from asyncflow_hpc.trace.simulator import SimSpec, run_async
@@ -37,23 +38,23 @@ def simulated_tables(spec: SimSpec, costs: CostModel, group_size: int = 4) -> di
     for inst, t0, t1, r0, k in sim.calls:
         toks = int(round(lens[r0:r0 + k].sum()))
         for rank in range(tr + inst * tp, tr + (inst + 1) * tp):
-            rows.append((rank, 0, "generate", "rollout", t0, t1, -1, int(versions[r0]), k, toks))
+            rows.append((rank, 0, N.GENERATE.value, "rollout", t0, t1, -1, int(versions[r0]), k, toks))
             if costs.fetch_s > 0:
-                rows.append((rank, 0, "prompt_wait", "rollout", t0 - costs.fetch_s, t0, -1, -1, -1, -1))
+                rows.append((rank, 0, N.PROMPT_WAIT.value, "rollout", t0 - costs.fetch_s, t0, -1, -1, -1, -1))
             if costs.put_s > 0:
-                rows.append((rank, 0, "store_put", "rollout", t1, t1 + costs.put_s, -1, -1, k, -1))
+                rows.append((rank, 0, N.STORE_PUT.value, "rollout", t1, t1 + costs.put_s, -1, -1, k, -1))
     for inst, t0, w in sim.swaps:
         for rank in range(tr + inst * tp, tr + (inst + 1) * tp):
-            rows.append((rank, 0, "weight_swap", "rollout", t0, t0 + costs.swap_s, -1, w, -1, -1))
+            rows.append((rank, 0, N.WEIGHT_SWAP.value, "rollout", t0, t0 + costs.swap_s, -1, w, -1, -1))
     b = spec.batch_rows
     for v, (t0, t1) in enumerate(sim.busy_train):
         toks = int(round(b * spec.prompt_len + lens[v * b:(v + 1) * b].sum()))
         for rank in range(tr):
-            rows.append((rank, 0, "train_step", "trainer", t0, t1, v, v, b, toks))
-            rows.append((rank, 0, "weight_send", "trainer", t1, t1 + costs.sync_trainer_s, v, v + 1, -1, -1))
+            rows.append((rank, 0, N.TRAIN_STEP.value, "trainer", t0, t1, v, v, b, toks))
+            rows.append((rank, 0, N.WEIGHT_SEND.value, "trainer", t1, t1 + costs.sync_trainer_s, v, v + 1, -1, -1))
         for rank in range(tr, tr + spec.rollout_ranks):
-            rows.append((rank, 1, "weight_recv", "rollout", t1, t1 + costs.transfer_time(spec.rollout_ranks), -1, v + 1,
-                         -1, -1))
+            t_recv = t1 + costs.transfer_time(spec.rollout_ranks)
+            rows.append((rank, 1, N.WEIGHT_RECV.value, "rollout", t1, t_recv, -1, v + 1, -1, -1))
     spans = _spans(rows)
     spans = spans[np.argsort(spans["t_start"], kind="stable")]
     n = spec.steps * b

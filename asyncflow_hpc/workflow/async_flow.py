@@ -109,6 +109,7 @@ def _setup(cfg: Any, comms: Any, recorder: Any, ckpt: Any) -> Rank:
                                   device=comms.device.torch_device,
                                   reference=False if lay.ranks(Role.REFERENCE) else None)
         me.trainer.broadcast_parameters()
+        me.trainer.recorder = recorder  # the replicated engine records its gradient all-reduce
         if resumed:  # weights, optimizer, version and RNG of the checkpoint (every trainer rank reads it)
             from asyncflow_hpc.checkpoint.state import load_into
 

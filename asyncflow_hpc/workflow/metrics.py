@@ -7,15 +7,17 @@ import time
 from collections import defaultdict
 from typing import Any, Iterator
 
+from asyncflow_hpc.trace.schema import SpanName
+
 
 class _NoSpan:
     def set(self, **attrs: Any) -> "_NoSpan":
         return self
 
 
-def span(recorder: Any, name: str, **attrs: Any):
+def span(recorder: Any, name: SpanName, **attrs: Any):
     """The recorder's span (attributes: step, version, rows, tokens, bytes, peer), or nothing."""
-    return recorder.span(name, **attrs) if recorder is not None else contextlib.nullcontext(_NoSpan())
+    return recorder.span(name.value, **attrs) if recorder is not None else contextlib.nullcontext(_NoSpan())
 
 
 class RoleClock:

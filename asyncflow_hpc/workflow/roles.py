@@ -25,6 +25,7 @@ import numpy as np
 from asyncflow_hpc import staleness
 from asyncflow_hpc.topology.roles import Role
 from asyncflow_hpc.workflow import common
+from asyncflow_hpc.trace.schema import SpanName
 from asyncflow_hpc.workflow.metrics import RoleClock, algo_postfix, record_rows, record_step, span
 from asyncflow_hpc.workflow.ports import SampleStore, TrainerGroupLink, WeightSink, WeightSource
 from asyncflow_hpc.workflow.rows import ADV_COLUMN, REF_COLUMN, rows_from_batch, rows_to_store
@@ -76,7 +77,7 @@ class RolloutWorker:
             self._maybe_swap(need)
             rows = self._generate(pid)
             cols, meta = rows_to_store(rows, self.reward_inline, self.s.n, self.algo)
-            with self.clock.idle("store_put"), span(self.recorder, "store_put", rows=len(rows)):
+            with self.clock.idle("store_put"), span(self.recorder, SpanName.STORE_PUT, rows=len(rows)):
                 self.samples.put(cols, meta)
             produced += len(rows)
             self.clock.count("tokens", sum(len(r.response_ids) for r in rows))
@@ -86,7 +87,7 @@ class RolloutWorker:
     def _next_prompt(self) -> Any:
         from asyncflow_hpc.store import EndOfStream
 
-        with self.clock.idle("wait_prompt"), span(self.recorder, "prompt_wait"):
+        with self.clock.idle("wait_prompt"), span(self.recorder, SpanName.PROMPT_WAIT):
             try:
                 return self.prompts.get("rollout", ["prompt_id"], 1, policy="fifo")
             except EndOfStream:
@@ -94,7 +95,8 @@ class RolloutWorker:
 
     def _generate(self, pid: int) -> list:
         step, v = pid // self.s.P, self.engine.version
-        with self.clock.busy("generate"), span(self.recorder, "generate", step=step, version=v) as sp:
+        with self.clock.busy("generate"), span(self.recorder, SpanName.GENERATE, step=step,
+                                               version=v) as sp:
             rows = common.generate_groups(self.engine, self.task, [pid], run_seed=self.s.seed, step=step,
                                           n=self.s.n, params=self.params, version=v)
             sp.set(rows=len(rows), tokens=sum(len(r.response_ids) for r in rows))
@@ -103,10 +105,11 @@ class RolloutWorker:
     def _maybe_swap(self, need: int) -> None:
         """Generation boundary: swap to a staged version if the gate says so; wait if weights are too old."""
         if self.gate.boundary(self.weights.poll(), must_swap=self.engine.version < need):
-            with self.clock.exposed("swap"), span(self.recorder, "weight_swap", version=self.weights.poll() or -1):
+            with self.clock.exposed("swap"), span(self.recorder, SpanName.WEIGHT_SWAP,
+                                                  version=self.weights.poll() or -1):
                 self.weights.swap(self.engine.load_weights)
         if self.engine.version < need:
-            with self.clock.exposed("wait_weights"), span(self.recorder, "weight_wait", version=need):
+            with self.clock.exposed("wait_weights"), span(self.recorder, SpanName.WEIGHT_WAIT, version=need):
                 self.weights.wait_staged(need)
                 self.weights.swap(self.engine.load_weights)
 
@@ -132,7 +135,7 @@ class GroupScorer:
                                          group_size=self.n)
                 except EndOfStream:
                     return {self.result_key: done}
-            with self.clock.busy(self.name), span(self.recorder, self.name, rows=len(b)):
+            with self.clock.busy(self.name), span(self.recorder, SpanName(self.name), rows=len(b)):
                 self.samples.put_columns(b.row_ids, self.score(b))
             done += len(b)
             self.clock.count(f"{self.name}_rows", len(b))
@@ -223,9 +226,10 @@ class _Trainer:
         if not group_advantages_stored(self.algo):  # GRPO rows carry theirs from the reward stage
             common.assign_advantages(rows, self.algo)
         tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
-        with self.clock.busy("train"), span(self.recorder, "train_step", step=v, rows=len(rows), tokens=tokens):
+        with self.clock.busy("train"), span(self.recorder, SpanName.TRAIN_STEP, step=v, rows=len(rows),
+                                            tokens=tokens):
             metrics = self.trainer.train_step(rows)
-        with self.clock.exposed("send_wait"), span(self.recorder, "weight_send", version=v + 1):
+        with self.clock.exposed("send_wait"), span(self.recorder, SpanName.WEIGHT_SEND, version=v + 1):
             send_weights(self.trainer, self.weights, v + 1, self.bucket_mb)  # returns once packed
         metrics.update(step=float(v), reward_mean=float(np.mean([r.reward for r in rows])),
                        response_len=float(np.mean([len(r.response_ids) for r in rows])),
@@ -330,7 +334,7 @@ class TrainerLeader(_Trainer):
         from asyncflow_hpc.errors import WaitTimeout
 
         deadline = time.monotonic() + self.s.timeout_s
-        with self.clock.idle("wait_batch"), span(self.recorder, "batch_wait", step=version):
+        with self.clock.idle("wait_batch"), span(self.recorder, SpanName.BATCH_WAIT, step=version):
             while True:
                 left = deadline - time.monotonic()
                 try:

@@ -7,6 +7,7 @@ from typing import Any
 from asyncflow_hpc.engines.batching import split_even
 from asyncflow_hpc.engines.factory import trainers_evaluate
 from asyncflow_hpc.workflow import common
+from asyncflow_hpc.trace.schema import SpanName
 from asyncflow_hpc.workflow.metrics import span
 
 
@@ -40,7 +41,7 @@ def sft_warmup(cfg: Any, trainer: Any, task: common.Task, recorder: Any = None, 
     steps = cfg.trainer.sft_warmup_steps
     if not steps:
         return
-    with span(recorder, "sft_warmup", rows=steps * cfg.trainer.sft_batch):
+    with span(recorder, SpanName.SFT_WARMUP, rows=steps * cfg.trainer.sft_batch):
         for s in range(steps):
             loss = trainer.sft_step(common.sft_pairs(task, s, cfg.trainer.sft_batch, cfg.run.seed,
                                                      cfg.trainer.sft_targets))

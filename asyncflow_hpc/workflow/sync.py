@@ -18,6 +18,7 @@ from typing import Any
 from asyncflow_hpc.engines.batching import split_even
 from asyncflow_hpc.topology.comms import sleeping_barrier
 from asyncflow_hpc.workflow import common
+from asyncflow_hpc.trace.schema import SpanName
 from asyncflow_hpc.workflow.metrics import RoleClock, algo_postfix, host_overrun_fraction, print_eval, record_rows
 from asyncflow_hpc.workflow.metrics import record_step
 from asyncflow_hpc.workflow.metrics import span
@@ -44,6 +45,7 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
     rollout_model = copy.deepcopy(task.model) if own else task.model
     trainer = make_trainer(cfg, task.model, pad_id=tok.pad_id, group=comms.trainer_group, device=device)
     trainer.broadcast_parameters()
+    trainer.recorder = recorder  # the replicated engine records its gradient all-reduce
     rollout = make_rollout(cfg, rollout_model, device, seed=cfg.run.seed)
     rollout, trainer = maybe_emulate(cfg, rollout, trainer, dp=comms.layout.trainer_dp)
     sample_params = sampling_params(cfg.rollout, tok.stop_ids)
@@ -59,7 +61,7 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
     out: dict[str, Any] = {"history": ckpt.history() if resumed else []}
     start = ckpt.start if resumed else 0
     if cfg.data.eval_size:
-        with span(recorder, "evaluate", step=-1):
+        with span(recorder, SpanName.EVALUATE, step=-1):
             out["eval_start"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
             print_eval("start", out["eval_start"])
@@ -90,7 +92,7 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
     if lead:
         out["summary"] = sync_summary(per_rank, loop_s, cfg.workflow.steps * cfg.data.prompts_per_step * cfg.rollout.n)
     if cfg.data.eval_size and not stopped:
-        with span(recorder, "evaluate", step=cfg.workflow.steps):
+        with span(recorder, SpanName.EVALUATE, step=cfg.workflow.steps):
             out["eval_end"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
             print_eval("end", out["eval_end"])
@@ -136,21 +138,22 @@ def _one_step(cfg, comms, trainer, rollout, task, params, step: int, recorder, c
     pids = common.step_prompt_ids(step, cfg.data.prompts_per_step)
     mine = split_even(pids, comms.world.Get_size())[comms.rank]
     t = time.perf_counter()
-    with clock.busy("generate"), span(recorder, "generate", step=step, version=rollout.version) as sp:
+    with clock.busy("generate"), span(recorder, SpanName.GENERATE, step=step,
+                                      version=rollout.version) as sp:
         local = common.generate_groups(rollout, task, mine, run_seed=cfg.run.seed, step=step, n=cfg.rollout.n,
                                        params=params, version=rollout.version)
         sp.set(rows=len(local), tokens=sum(len(r.response_ids) for r in local))
     t_gen = time.perf_counter() - t
     record_rows(recorder, local, trainer.version, cfg.run.seed, cfg.data.prompts_per_step, cfg.rollout.n)
     clock.count("tokens", sum(len(r.response_ids) for r in local))
-    with clock.idle("gather"), span(recorder, "gather_wait", step=step):
+    with clock.idle("gather"), span(recorder, SpanName.GATHER_WAIT, step=step):
         sleeping_barrier(comms.world, cfg.device.dist_timeout_s, rank=comms.rank, role="trainer+rollout",
                          what=f"every rank's rows of step {step}, the slowest still generating (device.dist_timeout_s)")
         rows = [r for part in comms.world.allgather(local) for r in part]
     common.assign_advantages(rows, cfg.algorithm)
     t = time.perf_counter()
     tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
-    with clock.busy("train"), span(recorder, "train_step", step=step, rows=len(rows), tokens=tokens):
+    with clock.busy("train"), span(recorder, SpanName.TRAIN_STEP, step=step, rows=len(rows), tokens=tokens):
         metrics = trainer.train_step(rows)
     _sync_rollout_weights(cfg, trainer, rollout)
     metrics.update(step=float(step), reward_mean=sum(r.reward for r in rows) / len(rows),

@@ -110,3 +110,9 @@ def test_eval_every_is_refused_in_async_mode_naming_the_key():
     with pytest.raises(ConfigError, match="data.eval_every=5"):
         load_config("configs/default.yaml", ["workflow.mode=async", "topology.colocate=false", "data.eval_every=5"])
     assert load_config("configs/default.yaml", ["workflow.mode=sync", "data.eval_every=5"]).data.eval_every == 5
+
+
+def test_config_error_carries_the_dotted_key():
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/default.yaml", ["monitor.interval_s=0"])
+    assert err.value.key == "monitor.interval_s" and "monitor.interval_s" in str(err.value)
