@@ -28,63 +28,24 @@ from asyncflow_hpc.workflow.stages import evaluate, progress_bar, save_policy, s
 def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> dict:
     import torch
 
-    from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, sampling_params
+    from asyncflow_hpc.engines.factory import sampling_params
 
     torch.set_num_threads(cfg.device.threads_per_rank)
     t0 = time.perf_counter()
     lead = comms.rank == 0
-    device = comms.device.torch_device
-    task = common.build_task(cfg, device)
-    if comms.rank == 0 and task.skipped_long:
-        print(f"data: skipped {task.skipped_long} training prompts longer than data.max_prompt_tokens="
-              f"{cfg.data.max_prompt_tokens} tokens ({len(task.train)} kept)", flush=True)
-    tok = task.tokenizer
-    # A sharded trainer's model cannot run a forward on one rank alone: the colocated torch rollout engine
-    # gets its own whole copy, loaded with the gathered weights after every step.
-    own = cfg.trainer.engine == "fsdp" and cfg.rollout.engine == "torch"
-    rollout_model = copy.deepcopy(task.model) if own else task.model
-    trainer = make_trainer(cfg, task.model, pad_id=tok.pad_id, group=comms.trainer_group, device=device)
-    trainer.broadcast_parameters()
-    trainer.recorder = recorder  # the replicated engine records its gradient all-reduce
-    rollout = make_rollout(cfg, rollout_model, device, seed=cfg.run.seed)
-    rollout, trainer = maybe_emulate(cfg, rollout, trainer, dp=comms.layout.trainer_dp)
-    sample_params = sampling_params(cfg.rollout, tok.stop_ids)
-    greedy = sampling_params(cfg.rollout, tok.stop_ids, greedy=True)
+    task, trainer, rollout = _setup(cfg, comms, recorder, ckpt)
+    greedy = sampling_params(cfg.rollout, task.tokenizer.stop_ids, greedy=True)
     resumed = ckpt is not None and ckpt.resuming
-    if resumed:  # every rank reads the same checkpoint: weights, optimizer, version, RNG (no warm-up again)
-        from asyncflow_hpc.checkpoint.state import load_into
-
-        load_into(ckpt.path, trainer)
-    else:
-        sft_warmup(cfg, trainer, task, recorder, lead=lead)
-    _sync_rollout_weights(cfg, trainer, rollout)
     out: dict[str, Any] = {"history": ckpt.history() if resumed else []}
-    start = ckpt.start if resumed else 0
     if cfg.data.eval_size:
         with span(recorder, SpanName.EVALUATE, step=-1):
             out["eval_start"] = evaluate(cfg, comms, rollout, task, greedy)
         if lead:
             print_eval("start", out["eval_start"])
-    bar = progress_bar(cfg, lead, start)
     clock = RoleClock()
     comms.world.Barrier()
     t_loop = time.perf_counter()
-    for step in range(start, cfg.workflow.steps):
-        metrics = _one_step(cfg, comms, trainer, rollout, task, sample_params, step, recorder, clock)
-        out["history"].append(metrics)
-        if lead:
-            record_step(recorder, step, metrics)
-        if cfg.data.eval_size and cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0 \
-                and step + 1 < cfg.workflow.steps:
-            metrics["eval_accuracy"] = evaluate(cfg, comms, rollout, task, greedy)["accuracy"]
-        if bar is not None:
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:+.4f}",
-                            len=f"{metrics['response_len']:.1f}", **algo_postfix(metrics))
-            bar.update(1)
-        if ckpt is not None and _checkpoint_step(cfg, comms, ckpt, trainer, task, step + 1, out["history"]):
-            break
-    if bar is not None:
-        bar.close()
+    _loop(cfg, comms, trainer, rollout, task, recorder, ckpt, clock, out, start=ckpt.start if resumed else 0)
     stopped = ckpt is not None and ckpt.stopped
     out["loop_s"] = loop_s = time.perf_counter() - t_loop
     clock.note_overrun(rollout, trainer)
@@ -103,6 +64,60 @@ def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> di
     out["wall_s"] = time.perf_counter() - t0
     out["version"] = trainer.version
     return out
+
+
+def _setup(cfg: Any, comms: Any, recorder: Any, ckpt: Any) -> tuple[Any, Any, Any]:
+    """Task, trainer (resumed or warmed up) and the colocated rollout engine holding the trainer's weights."""
+    from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate
+
+    device = comms.device.torch_device
+    task = common.build_task(cfg, device)
+    if comms.rank == 0 and task.skipped_long:
+        print(f"data: skipped {task.skipped_long} training prompts longer than data.max_prompt_tokens="
+              f"{cfg.data.max_prompt_tokens} tokens ({len(task.train)} kept)", flush=True)
+    # A sharded trainer's model cannot run a forward on one rank alone: the colocated torch rollout engine
+    # gets its own whole copy, loaded with the gathered weights after every step.
+    own = cfg.trainer.engine == "fsdp" and cfg.rollout.engine == "torch"
+    rollout_model = copy.deepcopy(task.model) if own else task.model
+    trainer = make_trainer(cfg, task.model, pad_id=task.tokenizer.pad_id, group=comms.trainer_group, device=device)
+    trainer.broadcast_parameters()
+    trainer.recorder = recorder  # the replicated engine records its gradient all-reduce
+    rollout = make_rollout(cfg, rollout_model, device, seed=cfg.run.seed)
+    rollout, trainer = maybe_emulate(cfg, rollout, trainer, dp=comms.layout.trainer_dp)
+    if ckpt is not None and ckpt.resuming:  # every rank reads the same checkpoint (no warm-up again)
+        from asyncflow_hpc.checkpoint.state import load_into
+
+        load_into(ckpt.path, trainer)
+    else:
+        sft_warmup(cfg, trainer, task, recorder, lead=comms.rank == 0)
+    _sync_rollout_weights(cfg, trainer, rollout)
+    return task, trainer, rollout
+
+
+def _loop(cfg, comms, trainer, rollout, task, recorder, ckpt, clock, out: dict, *, start: int) -> None:
+    """Steps start..workflow.steps-1 (or until a stopping checkpoint); history in out["history"]."""
+    from asyncflow_hpc.engines.factory import sampling_params
+
+    lead = comms.rank == 0
+    params = sampling_params(cfg.rollout, task.tokenizer.stop_ids)
+    greedy = sampling_params(cfg.rollout, task.tokenizer.stop_ids, greedy=True)
+    bar = progress_bar(cfg, lead, start)
+    for step in range(start, cfg.workflow.steps):
+        metrics = _one_step(cfg, comms, trainer, rollout, task, params, step, recorder, clock)
+        out["history"].append(metrics)
+        if lead:
+            record_step(recorder, step, metrics)
+        if cfg.data.eval_size and cfg.data.eval_every and (step + 1) % cfg.data.eval_every == 0 \
+                and step + 1 < cfg.workflow.steps:
+            metrics["eval_accuracy"] = evaluate(cfg, comms, rollout, task, greedy)["accuracy"]
+        if bar is not None:
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:+.4f}",
+                            len=f"{metrics['response_len']:.1f}", **algo_postfix(metrics))
+            bar.update(1)
+        if ckpt is not None and _checkpoint_step(cfg, comms, ckpt, trainer, task, step + 1, out["history"]):
+            break
+    if bar is not None:
+        bar.close()
 
 
 def _checkpoint_step(cfg, comms, ckpt, trainer, task, done: int, history: list) -> bool:
