@@ -116,6 +116,28 @@ class TaskState:
     adds: int = 0  # columns this task's consumer writes later with put_columns (not expected in a put)
 
 
+@dataclass
+class Extent:
+    """Bytes [base, base + size) of storage unit `unit`, held by `refs` rows (and by its lease while one is open)."""
+
+    unit: int
+    base: int
+    size: int
+    refs: int
+
+
+@dataclass
+class OpenLease:
+    """A producer's open lease: its extent, reserved slots and row ids, and how much of them its puts used."""
+
+    producer: int
+    extent: int
+    slots: np.ndarray
+    rows: np.ndarray
+    used_rows: int = 0
+    used_bytes: int = 0
+
+
 class ControlPlane:
     """Metadata of every live row; every method is one atomic step of the store protocol."""
 
@@ -133,7 +155,7 @@ class ControlPlane:
         self.loc_unit = np.full((cap, k), -1, dtype=np.int32)
         self.loc_off, self.loc_nb, self.loc_cnt = (np.zeros((cap, k), dtype=np.int64) for _ in range(3))
         self.extents: list[list[int]] = [[] for _ in range(cap)]  # extent ids of each slot
-        self.extent: dict[int, list[int]] = {}  # id -> [unit, base, size, rows still holding it]
+        self.extent: dict[int, Extent] = {}
         self.next_extent = 0
         self.free_slots = deque(range(cap))
         self.slot_of: dict[int, int] = {}
@@ -141,7 +163,7 @@ class ControlPlane:
         self.all_tasks = np.uint64(0)
         self.next_row = self.next_arrival = 0
         self.rows_put = self.recycled = 0
-        self.leases: dict[int, list] = {}  # id -> [producer, extent id, slots, row ids, rows used, bytes used]
+        self.leases: dict[int, OpenLease] = {}
         self.next_lease = 0
         self.producers, self.done_by = max(1, producers), set()
 
@@ -185,7 +207,7 @@ class ControlPlane:
         return t
 
     def mark_done(self, producer: int = 0) -> None:
-        for lid in [k for k, x in self.leases.items() if x[0] == producer]:
+        for lid in [k for k, x in self.leases.items() if x.producer == producer]:
             self.end_lease(lid)
         self.done_by.add(producer)
 
@@ -287,10 +309,10 @@ class ControlPlane:
         self.next_row += n
         eid = self.next_extent
         self.next_extent += 1
-        self.extent[eid] = [u, base, size, 1]  # the lease itself holds the extent until end_lease
+        self.extent[eid] = Extent(u, base, size, 1)  # the lease itself holds the extent until end_lease
         lid = self.next_lease
         self.next_lease += 1
-        self.leases[lid] = [producer, eid, slots, rids, 0, 0]
+        self.leases[lid] = OpenLease(producer, eid, slots, rids)
         return Lease(lease_id=lid, unit=u, base=base, nbytes=size, row_ids=rids)
 
     def commit_leased(self, lease_id: int, first: int, offset: int, col_ids: Sequence[int], sizes: np.ndarray,
@@ -299,12 +321,13 @@ class ControlPlane:
         lease = self.leases.get(lease_id)
         if lease is None:
             raise StoreError(f"internal: commit to lease {lease_id}, which is not open")
-        producer, eid, slots, rids = lease[:4]
-        if producer in self.done_by:
+        eid, slots, rids = lease.extent, lease.slots, lease.rows
+        if lease.producer in self.done_by:
             raise StoreError("put after mark_done() on this producer")
         self.check_put(col_ids)
         n = sizes.shape[0]
-        u, base, size, _ = self.extent[eid]
+        ext = self.extent[eid]
+        u, base, size = ext.unit, ext.base, ext.size
         offs, _, total = chunk_layout(sizes)
         if first + n > len(slots) or offset < base or offset + total > base + size:
             raise StoreError(f"internal: lease {lease_id} rows {first}..{first + n} at byte {offset} (+{total}) "
@@ -316,9 +339,9 @@ class ControlPlane:
         self.loc_off[s[:, None], ci] = offset + offs
         self.loc_nb[s[:, None], ci] = sizes
         self.loc_cnt[s[:, None], ci] = counts
-        self.extent[eid][3] += n
-        lease[4] = max(lease[4], first + n)
-        lease[5] = max(lease[5], offset + total - base)
+        ext.refs += n
+        lease.used_rows = max(lease.used_rows, first + n)
+        lease.used_bytes = max(lease.used_bytes, offset + total - base)
         for x in s.tolist():
             self.extents[x].append(eid)
         var = np.array([self.schema.columns[c].var for c in col_ids], dtype=bool)
@@ -331,21 +354,21 @@ class ControlPlane:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
-        eid, slots, used_rows, used_bytes = lease[1], lease[2], lease[4], lease[5]
+        eid, slots, used_rows, used_bytes = lease.extent, lease.slots, lease.used_rows, lease.used_bytes
         self.free_slots.extend(slots[used_rows:].tolist())
         ext = self.extent[eid]
         keep = aligned(used_bytes)
-        if keep < ext[2]:
-            self.arenas[ext[0]].release(ext[1] + keep, ext[2] - keep)
-            ext[2] = keep
+        if keep < ext.size:
+            self.arenas[ext.unit].release(ext.base + keep, ext.size - keep)
+            ext.size = keep
         self._drop_extent_ref(eid)
 
     def _drop_extent_ref(self, eid: int) -> None:
         ext = self.extent[eid]
-        ext[3] -= 1
-        if ext[3] == 0:
-            if ext[2]:
-                self.arenas[ext[0]].release(ext[1], ext[2])
+        ext.refs -= 1
+        if ext.refs == 0:
+            if ext.size:
+                self.arenas[ext.unit].release(ext.base, ext.size)
             del self.extent[eid]
 
     def _set_locs(self, rids, slots, col_ids, sizes, counts, chunks) -> Placement:
@@ -359,7 +382,7 @@ class ControlPlane:
             self.loc_cnt[s[:, None], ci] = counts[lo:hi]
             eid = self.next_extent
             self.next_extent += 1
-            self.extent[eid] = [u, base, total, hi - lo]  # freed when its last row is recycled
+            self.extent[eid] = Extent(u, base, total, hi - lo)  # freed when its last row is recycled
             for x in s.tolist():
                 self.extents[x].append(eid)
             out.append((lo, hi, u, offs[0].copy()))  # absolute start of each column block
@@ -491,7 +514,7 @@ class ControlPlane:
             tasks[name] = {"consumed": t.consumed, "lag": self.rows_put - t.consumed - t.discarded_stale,
                            "discarded_stale": t.discarded_stale, "stale_consumed": t.stale_consumed,
                            "waiting_for": self._waiting_for(t)}
-        leased = sum(len(x[2]) - x[4] for x in self.leases.values())
+        leased = sum(len(x.slots) - x.used_rows for x in self.leases.values())
         return {"rows_live": live, "capacity_rows": self.cap, "occupancy": live / self.cap, "rows_leased": leased,
                 "rows_put": self.rows_put, "rows_recycled": self.recycled,
                 "bytes_used": [a.used for a in self.arenas], "bytes_capacity": [a.size for a in self.arenas],

@@ -15,6 +15,7 @@ Why a controller and not RMA atomics on metadata windows: docs/store.md (measure
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections import deque
@@ -31,13 +32,37 @@ from asyncflow_hpc.store.windows import DataWindow, ProgressThread, spans_nodes
 from asyncflow_hpc.topology.comms import sleeping_barrier
 
 TAG_REQ, TAG_REP = 7301, 7302
-ONEWAY = {"commit", "commitl", "endl", "release", "unclaim", "done"}
-PARKABLE = {"alloc", "allocc", "lease", "select"}  # carry how long the caller will wait as their last argument
+class Op(str, enum.Enum):
+    """The store's control-plane requests (the value is what travels in the request message)."""
+
+    REGISTER = "reg"
+    ALLOC = "alloc"
+    ALLOC_COLUMNS = "allocc"
+    COMMIT = "commit"
+    LEASE = "lease"
+    COMMIT_LEASED = "commitl"
+    END_LEASE = "endl"
+    SELECT = "select"
+    RELEASE = "release"
+    UNCLAIM = "unclaim"
+    STATS = "stats"
+    PEEK = "peek"
+    DONE = "done"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ONEWAY = frozenset({Op.COMMIT, Op.COMMIT_LEASED, Op.END_LEASE, Op.RELEASE, Op.UNCLAIM, Op.DONE})
+PARKABLE = frozenset({Op.ALLOC, Op.ALLOC_COLUMNS, Op.LEASE, Op.SELECT})  # last argument: how long the caller waits
+SPACE = frozenset({Op.ALLOC, Op.ALLOC_COLUMNS, Op.LEASE})  # requests that only take space (never free any)
 # request -> (ControlPlane method, whether the requesting rank is passed as the producer)
-OPS = {"reg": ("register_task", False), "alloc": ("alloc", True), "allocc": ("alloc_columns", False),
-       "commit": ("commit", False), "lease": ("lease", True), "commitl": ("commit_leased", False),
-       "endl": ("end_lease", False), "select": ("select", False), "release": ("release", False),
-       "unclaim": ("unclaim", False), "stats": ("stats", False), "peek": ("peek", False), "done": ("mark_done", True)}
+OPS: dict[Op, tuple[str, bool]] = {
+    Op.REGISTER: ("register_task", False), Op.ALLOC: ("alloc", True), Op.ALLOC_COLUMNS: ("alloc_columns", False),
+    Op.COMMIT: ("commit", False), Op.LEASE: ("lease", True), Op.COMMIT_LEASED: ("commit_leased", False),
+    Op.END_LEASE: ("end_lease", False), Op.SELECT: ("select", False), Op.RELEASE: ("release", False),
+    Op.UNCLAIM: ("unclaim", False), Op.STATS: ("stats", False), Op.PEEK: ("peek", False),
+    Op.DONE: ("mark_done", True)}
 ROLES = ("server", "producer", "consumer", "both", "idle")
 _ERRORS = {"SchemaError": _schema.SchemaError, "StoreError": StoreError, "ValueError": ValueError,
            "EndOfStream": _schema.EndOfStream}
@@ -61,22 +86,19 @@ class Service:
         self.ctrl, self.comm, self.cfg, self.bell = ctrl, comm, cfg, bell
         self.lock = threading.Lock()
         self.deferred: dict[int, Exception] = {}
-        self.parked: list[tuple[int, str, tuple, float]] = []
+        self.parked: list[tuple[int, Op, tuple, float]] = []
         self.plock = threading.RLock()  # parked requests: the serving thread and a local caller
 
-    def local(self, src: int, op: str, args: tuple) -> Any:
+    def local(self, src: int, op: Op, args: tuple) -> Any:
         """A call from the rank hosting the controller: no message, but it may unblock parked requests."""
         value = self.apply(src, op, args)
-        if op not in ("alloc", "allocc", "lease") and self.parked:
+        if op not in SPACE and self.parked:
             with self.plock:
                 self._retry_parked()
         return value
 
-    def apply(self, src: int, op: str, args: tuple) -> Any:
-        try:
-            method, by_producer = OPS[op]
-        except KeyError:
-            raise StoreError(f"unknown store request {op!r}") from None
+    def apply(self, src: int, op: Op, args: tuple) -> Any:
+        method, by_producer = OPS[op]
         with self.lock:
             fn = getattr(self.ctrl, method)
             return fn(*args, producer=src) if by_producer else fn(*args)
@@ -86,14 +108,20 @@ class Service:
             self._handle(msg, src)
 
     def _handle(self, msg: Any, src: int) -> None:
-        op, *args = msg.recv()
+        code, *args = msg.recv()
+        try:
+            op = Op(code)
+        except ValueError:
+            self.comm.send(("err", "StoreError", f"unknown store request {code!r}"), dest=src, tag=TAG_REP)
+            self.bell.ring(src)
+            return
         wait_s = args.pop() if op in PARKABLE else 0.0
         if not self._try(src, op, tuple(args), park_until=time.monotonic() + wait_s if wait_s > 0 else None):
             return
-        if op not in ("alloc", "allocc", "lease"):  # the others can make parked requests satisfiable
+        if op not in SPACE:  # the others can make parked requests satisfiable
             self._retry_parked()
 
-    def _try(self, src: int, op: str, args: tuple, park_until: float | None) -> bool:
+    def _try(self, src: int, op: Op, args: tuple, park_until: float | None) -> bool:
         """Apply one request and reply; a blocking put/get that cannot proceed yet is parked instead
         (answered as soon as rows or space appear, or with None at its deadline): no polling traffic."""
         try:
@@ -226,7 +254,7 @@ class RMAStore(StoreBase):
             self._progress = ProgressThread(self.comm, self.cfg.progress_interval_s)
 
     # ---- control-plane calls -----------------------------------------------------------------
-    def _rpc(self, op: str, *args: Any, wait_s: float = 0.0) -> Any:
+    def _rpc(self, op: Op, *args: Any, wait_s: float = 0.0) -> Any:
         if self._closed:
             raise StoreError(f"[rank {self.rank}] store is closed")
         if self.service is not None:  # this rank hosts the controller: call it directly (no parking)
@@ -239,8 +267,8 @@ class RMAStore(StoreBase):
             reply = self._await_reply(op, wait_s)
         return self._unpack(reply)
 
-    def _send(self, op: str, args: tuple, wait_s: float) -> None:
-        msg = (op, *args, wait_s) if op in PARKABLE else (op, *args)
+    def _send(self, op: Op, args: tuple, wait_s: float) -> None:
+        msg = (op.value, *args, wait_s) if op in PARKABLE else (op.value, *args)
         self.ccomm.send(msg, dest=self.ctrl_rank, tag=TAG_REQ)
         self.bell.ring(self.ctrl_rank)
 
@@ -254,13 +282,13 @@ class RMAStore(StoreBase):
         """Replies to claims sent ahead come first (the controller answers a rank's unparked requests
         in order): take them off the wire before waiting for another reply."""
         while self._early_sent > len(self._early):
-            self._early.append(self._await_reply("select", 0.0))
+            self._early.append(self._await_reply(Op.SELECT, 0.0))
 
     def _select_begin(self, task, col_ids, n, policy, args):
         if self.service is not None:
             return super()._select_begin(task, col_ids, n, policy, args)
         with self._rpc_lock:
-            self._send("select", (task, col_ids, n, policy, args), 0.0)  # never parked: answered in order
+            self._send(Op.SELECT, (task, col_ids, n, policy, args), 0.0)  # never parked: answered in order
             self._early_sent += 1
         return ("sent",)
 
@@ -272,7 +300,7 @@ class RMAStore(StoreBase):
             self._early_sent -= 1
             return self._unpack(self._early.popleft())
 
-    def _await_reply(self, op: str, wait_s: float) -> Any:
+    def _await_reply(self, op: Op, wait_s: float) -> Any:
         """Sleep on this rank's bell (the controller rings after replying) with back-off polls of MPI;
         poll briefly without sleeping first only when the controller cannot ring (another node)."""
         start = time.monotonic()
@@ -297,43 +325,43 @@ class RMAStore(StoreBase):
             pause = min(pause * 2, self.cfg.ctrl_poll_max_s if now - start < 0.01 else self.cfg.poll_max_s)
 
     def _register(self, name, columns, *adds):  # adds: columns the task writes later (store/control.py)
-        self._rpc("reg", name, columns, *adds)
+        self._rpc(Op.REGISTER, name, columns, *adds)
 
     def _alloc(self, col_ids, sizes, counts, index, group, version, wait_s=0.0):
-        return self._rpc("alloc", col_ids, sizes, counts, index, group, version, wait_s=wait_s)
+        return self._rpc(Op.ALLOC, col_ids, sizes, counts, index, group, version, wait_s=wait_s)
 
     def _alloc_columns(self, row_ids, col_ids, sizes, counts, wait_s=0.0):
-        return self._rpc("allocc", row_ids, col_ids, sizes, counts, wait_s=wait_s)
+        return self._rpc(Op.ALLOC_COLUMNS, row_ids, col_ids, sizes, counts, wait_s=wait_s)
 
     def _commit(self, row_ids, col_ids):
-        self._rpc("commit", row_ids, col_ids)
+        self._rpc(Op.COMMIT, row_ids, col_ids)
 
     def _take_lease(self, rows, nbytes, want_rows, want_bytes, wait_s=0.0):
-        return self._rpc("lease", rows, nbytes, want_rows, want_bytes, wait_s=wait_s)
+        return self._rpc(Op.LEASE, rows, nbytes, want_rows, want_bytes, wait_s=wait_s)
 
     def _commit_leased(self, *args):
-        self._rpc("commitl", *args)
+        self._rpc(Op.COMMIT_LEASED, *args)
 
     def _release_lease(self, lease_id):
-        self._rpc("endl", lease_id)
+        self._rpc(Op.END_LEASE, lease_id)
 
     def _select(self, task, col_ids, n, policy, args, wait_s=0.0):
-        return self._rpc("select", task, col_ids, n, policy, args, wait_s=wait_s)
+        return self._rpc(Op.SELECT, task, col_ids, n, policy, args, wait_s=wait_s)
 
     def _release(self, task, row_ids):
-        self._rpc("release", task, row_ids)
+        self._rpc(Op.RELEASE, task, row_ids)
 
     def _unclaim(self, task, row_ids):
-        self._rpc("unclaim", task, row_ids)
+        self._rpc(Op.UNCLAIM, task, row_ids)
 
     def _peek(self, task, col_ids):
-        return self._rpc("peek", task, col_ids)
+        return self._rpc(Op.PEEK, task, col_ids)
 
     def _stats(self):
-        return self._rpc("stats")
+        return self._rpc(Op.STATS)
 
     def _mark_done(self):
-        self._rpc("done")
+        self._rpc(Op.DONE)
 
     # ---- data plane --------------------------------------------------------------------------
     def _flush(self, units: set[int]) -> None:

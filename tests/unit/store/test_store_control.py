@@ -47,12 +47,12 @@ def test_exactly_once_per_task_and_bounded_ring(ops):
                     unreleased[task] = []
         live = int(cp.live.sum())
         assert live <= 16 and len(cp.free_slots) + live == 16
-        assert sum(a.used for a in cp.arenas) == sum(e[2] for e in cp.extent.values())
+        assert sum(a.used for a in cp.arenas) == sum(e.size for e in cp.extent.values())
         holders = {}
         for slot, ids in enumerate(cp.extents):
             for eid in ids:
                 holders[eid] = holders.get(eid, 0) + 1
-        assert holders == {eid: e[3] for eid, e in cp.extent.items()}  # refcounts match live rows
+        assert holders == {eid: e.refs for eid, e in cp.extent.items()}  # refcounts match live rows
     for task in ("t1", "t2"):
         assert len(claimed[task]) == len(set(claimed[task]))  # never twice
         assert set(claimed[task]) <= set(put)

@@ -44,17 +44,17 @@ class Producer:
 
 def check_invariants(cp, cap):
     live = int(cp.live.sum())
-    unused = sum(len(x[2]) - x[4] for x in cp.leases.values())
+    unused = sum(len(x.slots) - x.used_rows for x in cp.leases.values())
     assert len(cp.free_slots) + live + unused == cap  # every slot is free, live or reserved, once
-    assert sum(a.used for a in cp.arenas) == sum(e[2] for e in cp.extent.values())
+    assert sum(a.used for a in cp.arenas) == sum(e.size for e in cp.extent.values())
     holders = {}
     for ids in cp.extents:
         for eid in ids:
             holders[eid] = holders.get(eid, 0) + 1
     for x in cp.leases.values():  # an open lease holds its extent too
-        holders[x[1]] = holders.get(x[1], 0) + 1
-    assert holders == {eid: e[3] for eid, e in cp.extent.items()}
-    spans = sorted((e[0], e[1], e[2]) for e in cp.extent.values() if e[2])
+        holders[x.extent] = holders.get(x.extent, 0) + 1
+    assert holders == {eid: e.refs for eid, e in cp.extent.items()}
+    spans = sorted((e.unit, e.base, e.size) for e in cp.extent.values() if e.size)
     for (u1, b1, s1), (u2, b2, _) in zip(spans, spans[1:]):
         assert u1 != u2 or b1 + s1 <= b2  # extents never overlap
 
