@@ -1,6 +1,6 @@
 """A run's checkpoint policy on one rank: what to resume from, when to write, and the stop decision.
 
-    ck = Checkpointer(cfg)                 # resolves cfg.resume; installs the USR2 handler
+    ck = Checkpointer(cfg, flag=StopFlag.install())   # resolves cfg.resume; the caller installs the USR2 handler
     start = ck.start                       # first step to run (0 when fresh)
     ... after step v (v + 1 steps done):
     why = ck.due(v + 1)                    # None | "periodic" | "end" | "stop" (local view)
@@ -34,10 +34,12 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 class Checkpointer:
-    def __init__(self, cfg: Any, *, verbose: bool = True):
+    def __init__(self, cfg: Any, *, verbose: bool = True, flag: StopFlag | None = None):
+        """`flag`: the warning-signal flag the caller installed (workflow/driver.py, the one place that installs
+        signal handlers in a rank); none = only checkpoint.stop_after_steps stops the run early."""
         self.cfg, self.ck = cfg, cfg.checkpoint
         self.root = self.ck.resolved_dir(cfg.run.resolved_dir)
-        self.flag = StopFlag.install() if self.ck.on_signal else StopFlag()
+        self.flag = flag if flag is not None else StopFlag()
         self.path = resolve_resume(cfg.resume, self.root, log=print if verbose else None)  # verified
         self.meta: dict[str, Any] = read_meta(self.path) if self.path else {}
         self.start = int(self.meta.get("step", 0))

@@ -38,18 +38,11 @@ def sleeping_barrier(comm: Any, timeout_s: float | None = None, *, what: str = "
     A rank blocked in an MPI collective busy-polls a whole core, and ranks here share cores. Put it
     before a collective whose peers may arrive late, so the collective then returns at once. Past
     `timeout_s` (None: never) raises WaitTimeout naming rank, role and `what` it waited for."""
-    import time
-
-    from asyncflow_hpc.errors import WaitTimeout
+    from asyncflow_hpc.waits import wait_until
 
     req = comm.Ibarrier()
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    pause = pause_min
-    while not req.Test():
-        if deadline is not None and time.monotonic() > deadline:
-            raise WaitTimeout(f"waited {timeout_s:g}s for {what}", rank=rank, role=role)
-        time.sleep(pause)
-        pause = min(pause * 2, pause_max)
+    wait_until(req.Test, timeout_s=timeout_s, what=what, rank=rank, role=role, pause_min=pause_min,
+               pause_max=pause_max)
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,10 @@ rank and role). With tracing off every rank gets a NullRecorder and no communica
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import numpy as np
 
-from asyncflow_hpc.errors import WaitTimeout
 from asyncflow_hpc.trace.clock import measure_clock_offset
 from asyncflow_hpc.trace.merge import merge_traces
 from asyncflow_hpc.trace.recorder import NullRecorder, Recorder, make_recorder
@@ -40,13 +38,9 @@ _PATH_BYTES = 4096
 
 
 def _wait(req: Any, timeout_s: float, what: str, rank: int, role: str) -> None:
-    delay = 1e-4
-    deadline = time.monotonic() + timeout_s
-    while not req.Test():
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"trace merge: waited {timeout_s:.0f}s for {what}", rank=rank, role=role)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    from asyncflow_hpc.waits import wait_until
+
+    wait_until(req.Test, timeout_s=timeout_s, what=f"trace merge: {what}", rank=rank, role=role, pause_max=0.05)
 
 
 def finish_trace(rec: Any, comm: Any, final_path: str, *, keep_rank_files: bool = False,

@@ -270,9 +270,10 @@ def _final_weights(cfg: Any, sender: Any, receiver: Any, engine: Any, trainer: A
         # The thread ends by itself on the sender's STOP header, after staging the last version
         # (`workflow.steps`, or the step a checkpoint stopped at); stopping it earlier would leave
         # the trainer leader's STOP broadcast without this rank.
-        deadline = time.monotonic() + cfg.weights.timeout_s
-        while receiver.running and time.monotonic() < deadline:
-            time.sleep(0.01)
+        from asyncflow_hpc.waits import wait_until
+
+        wait_until(lambda: not receiver.running, timeout_s=cfg.weights.timeout_s, what="the sender's STOP",
+                   pause_max=0.01, raise_timeout=False)
         if receiver.poll() is not None:
             receiver.swap(engine.load_weights)
         receiver.close()

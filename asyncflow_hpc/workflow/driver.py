@@ -74,7 +74,11 @@ def _run_train(cfg, env: JobEnv, comms: Comms, hb) -> int:
     from asyncflow_hpc.checkpoint.run import Checkpointer
 
     world, layout = comms.world, comms.layout
-    ck = Checkpointer(cfg, verbose=world.rank == 0)  # rank 0 says which checkpoints resume=auto skipped
+    from asyncflow_hpc.checkpoint.signals import StopFlag
+
+    # The warning signal (SIGUSR2: Slurm --signal, the sbatch trap): the one signal handler a rank installs.
+    flag = StopFlag.install() if cfg.checkpoint.on_signal else None
+    ck = Checkpointer(cfg, verbose=world.rank == 0, flag=flag)  # rank 0 says which checkpoints resume=auto skipped
     if ck.resuming and world.rank == 0:  # a killed segment's per-rank trace files, merged now (trace/recover.py)
         from asyncflow_hpc.trace.recover import merge_left_segments
 
