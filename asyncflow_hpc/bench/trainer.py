@@ -11,9 +11,14 @@ engines on the same tiny Llama and the same global batches, and measures per tra
 - weight sync to the rollout rank through the real WeightSender/WeightReceiver: from a replicated leader
   (named_parameters_for_broadcast) and from shards (every trainer rank runs gather_for_broadcast, which
   the leader streams into the sender). `sync_sharded_over_replicated` = replicated time ÷ sharded time
-  (a speed ratio: 1 = as fast), median of paired repeats, at T = 2.
+  (a speed ratio: 1 = as fast), median of paired repeats (--sync-repeats; odd repeats run the sharded
+  side first), at T = 2, with the quartiles of the paired ratios (`sync_ratio_q1`, `sync_ratio_q3`).
+  Both sides go through `send_async(named)`, i.e. the streamed sync: bucket k is broadcast while
+  bucket k+1 is gathered and copied.
 - `sync_peak_buckets`: the leader's peak extra memory during the gather, in buckets (--bucket-mb; by
-  default 1/8 of the model, so that the gather runs in several buckets).
+  default 1/8 of the model, so that the gather runs in several buckets), beyond the sender's snapshot
+  buffer, which both sides have: the receive buffers of the followers' rows of the current and the
+  prefetched bucket, (T-1)/T of a bucket each (the shards are assembled straight into the snapshot).
 """
 
 from __future__ import annotations
@@ -117,8 +122,10 @@ def _sync(trainers, comms, repeats: int, bucket_mb: float) -> dict:
         return times
     sender = WeightSender(comms.weight_group, plan, src=0, rank=0, cfg=cfg) if comms.rank == leader else None
     version = 0
-    for _ in range(repeats):
-        for kind in ("replicated", "sharded"):
+    for i in range(repeats):
+        # Odd repeats run the sharded sync first: whatever the first of a pair pays (a neighbour's burst on
+        # this shared machine, cold caches) falls on each side equally often.
+        for kind in (("replicated", "sharded") if i % 2 == 0 else ("sharded", "replicated")):
             version += 1
             comms.role_comm.Barrier()
             t0 = time.perf_counter()
@@ -168,12 +175,16 @@ def worker(args) -> int:
     model_mb = comms.world.bcast(sum(p.numel() * p.element_size() for p in rep.model.parameters()) / 2 ** 20
                                  if comms.rank == layout.trainer_ranks[0] else None, root=layout.trainer_ranks[0])
     bucket_mb = args.bucket_mb or min(WeightSyncConfig().bucket_mb, model_mb / 8)
-    times = _sync((rep, shard), comms, repeats, bucket_mb)
+    sync_repeats = args.sync_repeats or (9 if args.quick else 15)  # a sync pair is ~0.1 s: cheap, and noisy
+    times = _sync((rep, shard), comms, sync_repeats, bucket_mb)
     if comms.rank == layout.trainer_ranks[0]:
         ratios = [r / s for r, s in zip(times["replicated"], times["sharded"])]
         out.update(sync_replicated_s=statistics.median(times["replicated"]),
                    sync_sharded_s=statistics.median(times["sharded"]),
                    sync_sharded_over_replicated=statistics.median(ratios),
+                   sync_ratio_q1=statistics.quantiles(ratios, n=4)[0] if len(ratios) > 1 else ratios[0],
+                   sync_ratio_q3=statistics.quantiles(ratios, n=4)[2] if len(ratios) > 1 else ratios[0],
+                   sync_repeats=len(ratios),
                    sync_peak_buckets=shard.last_gather_peak_buckets, bucket_mb=bucket_mb,
                    weight_bytes=sum(t.numel() * t.element_size() for _, t in rep.named_parameters_for_broadcast()))
         print(RESULT + json.dumps(out), flush=True)
@@ -238,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trainers", default="1,2,4", help="trainer counts T to measure (comma-separated)")
     ap.add_argument("--bucket-mb", type=float, default=None, help="broadcast and gather bucket bound (default: min(weights.bucket_mb, model / 8))")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 3 quick, 5 full)")
+    ap.add_argument("--sync-repeats", type=int, default=None,
+                    help="paired weight-sync repeats (default 9 quick, 15 full)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:

@@ -168,6 +168,13 @@ class Recorder:
                             handle.rows, handle.tokens, handle.bytes, handle.peer))
         self._tick()
 
+    def add_span(self, name: str, t0: float, t1: float, *, thread: int, **attrs: Any) -> None:
+        """A span timed elsewhere (time.perf_counter() values), e.g. by a background thread that must not touch the
+        recorder; `thread` is that thread's ident (threading.get_ident())."""
+        s = self.span(name, **attrs)
+        self._spans.append((s.name, s.role, t0, t1, thread, s.step, s.version, s.rows, s.tokens, s.bytes, s.peer))
+        self._tick()
+
     def sample(self, *, row: int, prompt_id: int = -1, sample_index: int = -1, seed: int = -1,
                version_produced: int = -1, version_consumed: int = -1, prompt_len: int = -1,
                response_len: int = -1, reward: float = float("nan")) -> None:
@@ -374,6 +381,9 @@ class NullRecorder:
         return _NULL_SPAN
 
     def end(self, handle: Any, **attrs: Any) -> None:
+        return None
+
+    def add_span(self, name: str, t0: float, t1: float, **attrs: Any) -> None:
         return None
 
     def sample(self, **lineage: Any) -> None:

@@ -84,6 +84,10 @@ class LocalReceiver:
     def start(self) -> None:
         """Nothing to start: the link holds the newest version."""
 
+    def take_recv_spans(self) -> list:
+        """Nothing is received over a wire here."""
+        return []
+
     def poll(self) -> int | None:
         v = self.link._version
         return v if v is not None and (self.applied is None or v > self.applied) else None

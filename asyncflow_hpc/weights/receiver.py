@@ -7,8 +7,11 @@
         receiver.swap(engine.load_weights)  # load_weights(named_tensors, version); the only exposed cost
     receiver.close()
 
-Deferred update: the thread writes into a host staging buffer the engine does not read, verifies
-each bucket's checksum while later buckets are still arriving, then marks the version staged. Once it
+Deferred update: the thread writes into a host staging buffer the engine does not read, checksums
+each bucket while later buckets are still arriving (compared at once when the checksums came inline
+in the control message, or when the trailer of a streamed sync arrives), then marks the version
+staged. A streamed sync whose trailer says ABORTED (the sender's snapshot failed) is discarded and
+counted in `aborted_versions`; the thread keeps receiving. Once it
 has validated one header of the sender, it posts bucket 0 together with each control message (into a
 staging buffer that is neither staged nor being swapped), so the header's round trip is hidden behind
 bucket 0's transfer; the sender's close() follows STOP with bucket 0's bytes, which are dropped. With
@@ -22,6 +25,7 @@ thread only touches the staging buffers through poll/swap/wait_staged (a lock gu
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass
@@ -33,8 +37,11 @@ from asyncflow_hpc.weights.checksum import bucket_checksum
 from asyncflow_hpc.weights.config import WeightSyncConfig
 from asyncflow_hpc.weights.errors import ChecksumError, WaitTimeout, WeightSyncError
 from asyncflow_hpc.weights.flat import FlatBuffer
-from asyncflow_hpc.weights.wire import (CONTROL_WORDS, HEADER_WORDS, KIND_STOP, Stopped, check_header, control_words,
-                                        decode_header, pipeline, wait_work)
+from asyncflow_hpc.weights.wire import (CONTROL_WORDS, FLAG_TRAILER, HEADER_WORDS, KIND_STOP, STATUS_ABORTED,
+                                        TRAILER_HEAD, Stopped, check_header, check_trailer, control_words,
+                                        decode_header, pipeline, trailer_words, wait_work)
+
+_ABORTED = object()  # _receive_one: the sender's snapshot failed mid-stream; nothing staged, keep receiving
 
 
 @dataclass
@@ -66,7 +73,9 @@ class WeightReceiver:
                      if comm_device != "cpu" else None)
         self.applied_version = last_version
         self.skipped_versions = 0
+        self.aborted_versions = 0  # streamed syncs the sender aborted (its snapshot failed): never staged
         self.stats: list[RecvStats] = []
+        self.recv_spans: collections.deque = collections.deque()  # filled by the thread, drained by take_recv_spans
         self._staged: tuple[int, int] | None = None  # (buffer index, version)
         self._in_use: int | None = None  # buffer being swapped
         self._newest = last_version  # newest version staged or applied
@@ -138,11 +147,21 @@ class WeightReceiver:
                 self.stats.append(st)
         return version
 
+    def take_recv_spans(self) -> list[tuple[int, float, float, int]]:
+        """(version, perf_counter start, end, thread ident) of every version received since the last call."""
+        out = []
+        while self.recv_spans:
+            out.append(self.recv_spans.popleft())
+        return out
+
     def receive(self) -> int | None:
         """Receive one version in the caller's thread (no background thread); None when the sender closed."""
         if self._thread is not None:
             raise RuntimeError("receive() while the background thread runs; use poll()/wait_staged()")
-        return self._receive_one()
+        while True:
+            got = self._receive_one()
+            if got is not _ABORTED:
+                return got
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the thread (it ends by itself after the sender's close()); pending receives are abandoned."""
@@ -201,9 +220,18 @@ class WeightReceiver:
         self._layout_ok = True
         t0, t_header = time.perf_counter(), time.monotonic()
         idx = early[0] if early is not None and early[0] is not None else self._free_buffer(h.version)
-        verify_s = self._receive_buckets(self.buffers[idx], words, h.version, None if early is None else early[1])
-        st = RecvStats(version=h.version, nbytes=self.plan.total_bytes, recv_s=time.perf_counter() - t0,
+        verify_s = self._receive_buckets(self.buffers[idx], words, h.version, None if early is None else early[1],
+                                         trailer=bool(h.flags & FLAG_TRAILER))
+        if verify_s is None:  # the sender aborted this version: nothing staged, the group is in step
+            with self._cond:
+                self.aborted_versions += 1
+            return _ABORTED
+        t1 = time.perf_counter()
+        st = RecvStats(version=h.version, nbytes=self.plan.total_bytes, recv_s=t1 - t0,
                        verify_s=verify_s, t_header=t_header, t_staged=time.monotonic())
+        # (version, start, end, thread) for the trace: the caller's thread records it (take_recv_spans), this
+        # background thread never touches the recorder.
+        self.recv_spans.append((h.version, t0, t1, threading.get_ident()))
         with self._cond:
             if self._staged is not None:
                 self.skipped_versions += 1  # the older staged version is never applied
@@ -267,14 +295,23 @@ class WeightReceiver:
                                       rank=self.rank, role=self.role)
                 self._cond.wait(min(left, 1.0))
 
-    def _receive_buckets(self, buf: FlatBuffer, words, version: int, first) -> float:
+    def _receive_buckets(self, buf: FlatBuffer, words, version: int, first, trailer: bool = False) -> float | None:
         """Buckets in order (bucket 0 may be in flight already: `first`); the checksum overflow, if any,
-        follows bucket 0 on the wire. Bucket k is verified while k+1.. are still arriving."""
+        follows bucket 0 on the wire. Bucket k is checksummed while k+1.. are still arriving. trailer=True
+        (a streamed sync): the checksums follow the last bucket; None when the sender aborted the version."""
+        import torch
+
         n = len(self.plan.buckets)
         bad: list[int] = []
         verify = [0.0]
         sums: list[int] = []
+        got_sums: list[tuple[int, int]] = []  # streamed: computed on arrival, compared with the trailer
         overflow = None
+        tail = None  # streamed: (tensor, work) of the trailer, posted right after the last bucket
+        if trailer:
+            tail_words = torch.zeros(trailer_words(n), dtype=torch.int64)
+            if n == 0:
+                tail = self._post_control(tail_words)
 
         def load_sums() -> None:  # once, before the first verify: the overflow (if any) arrives first
             if overflow is not None:
@@ -287,18 +324,20 @@ class WeightReceiver:
             sums.extend(words[HEADER_WORDS: HEADER_WORDS + 2 * n].tolist())
 
         def post(k: int):
-            nonlocal overflow
+            nonlocal overflow, tail
             target = buf.bucket(k) if self._dev is None else self._dev[k % 2][: self.plan.buckets[k].nbytes]
             work = first if k == 0 and first is not None else self._bcast(target)
-            if k == 0 and words.numel() > CONTROL_WORDS:  # very many buckets: the rest of the checksums
+            if k == 0 and not trailer and words.numel() > CONTROL_WORDS:  # very many buckets: the rest of the sums
                 overflow = self._post_control(words[CONTROL_WORDS:])
+            if trailer and k == n - 1:
+                tail = self._post_control(tail_words)
             return work
 
         def finish(k: int, work) -> None:
             wait_work(work, timeout_s=self.cfg.timeout_s, what=f"bucket {k}/{n} from trainer leader rank {self.src}",
                       rank=self.rank, role=self.role, version=version, bucket=k, backend=self.backend,
                       stop=self._stop)
-            if not sums:
+            if not sums and not trailer:
                 load_sums()
             t0 = time.perf_counter()
             data = buf.bucket(k) if self._dev is None else self._dev[k % 2][: self.plan.buckets[k].nbytes]
@@ -306,11 +345,25 @@ class WeightReceiver:
             if self._dev is not None:
                 buf.bucket(k).copy_(data)
             verify[0] += time.perf_counter() - t0
-            if list(got) != sums[2 * k: 2 * k + 2]:
+            if trailer:
+                got_sums.append(tuple(got))
+            elif list(got) != sums[2 * k: 2 * k + 2]:
                 bad.append(k)
 
         # Keep receiving after a bad bucket so sender and receivers stay in step on the group.
         pipeline(n, post, finish, depth=n if self._dev is None else 2)
+        if trailer:
+            wait_work(tail[1], timeout_s=self.cfg.timeout_s, rank=self.rank, role=self.role, backend=self.backend,
+                      what=f"the checksum trailer from trainer leader rank {self.src}", version=version,
+                      stop=self._stop)
+            if self._dev is not None:
+                tail_words.copy_(tail[0])
+            head = tail_words[:TRAILER_HEAD].tolist()
+            if check_trailer(head, version=version, n_buckets=n, rank=self.rank, role=self.role,
+                             src=self.src) == STATUS_ABORTED:
+                return None
+            sums = tail_words[TRAILER_HEAD:].tolist()
+            bad = [k for k, got in enumerate(got_sums) if list(got) != sums[2 * k: 2 * k + 2]]
         if bad:
             b = self.plan.buckets[bad[0]]
             raise ChecksumError(

@@ -9,12 +9,21 @@
 
 Threading rule: one background thread per sender owns the weight group while a send is in flight;
 `send_async` first waits for the previous send, and no other code may issue collectives on the weight
-group meanwhile (other groups and MPI are fine). The snapshot (`pack`: one copy of the weights into
-the host buffer plus the checksums, each bucket's taken as soon as it is full) runs in the caller's
-thread, so the caller may change the weights as soon as `send_async` returns. On the wire (see wire.py):
-one control message, bucket 0, the checksum overflow (only for very many buckets), buckets 1..n-1, all
-posted at once; after a sync has been sent, close() sends STOP followed by bucket 0 (receivers that
-know the layout have bucket 0 posted already).
+group meanwhile (other groups and MPI are fine). The snapshot (one copy of the weights into the host
+buffer) runs in the caller's thread, so the caller may change the weights as soon as `send_async`
+returns; each bucket's checksum is taken as soon as the bucket is full, before it goes on the wire.
+
+Two forms on the wire (see wire.py):
+- streamed, `send_async(named, v)`: the background thread starts first and posts bucket k the moment
+  the caller's snapshot has filled it (a per-bucket ready count) and the thread has checksummed it, so
+  the copy -- and, from a sharded trainer, the gather -- of bucket k+1 overlaps the checksum and
+  broadcast of bucket k. The checksums follow the last bucket in a trailer. If the caller's iterator
+  fails after the header went out, the remaining buckets and a trailer marked ABORTED still go out
+  (receivers discard the version, the group stays in step) and send_async raises the error.
+- inline, `pack(named)` then `send_async(None, v)`: the snapshot is complete before the send, so the
+  checksums travel inside the control message, as before: one collective fewer.
+After a sync has been sent, close() sends STOP followed by bucket 0 (receivers that know the layout
+have bucket 0 posted already).
 """
 
 from __future__ import annotations
@@ -30,8 +39,9 @@ from asyncflow_hpc.weights.checksum import ALGORITHMS, bucket_checksum
 from asyncflow_hpc.weights.config import WeightSyncConfig
 from asyncflow_hpc.weights.errors import VersionError, WaitTimeout, WeightSyncError
 from asyncflow_hpc.weights.flat import FlatBuffer
-from asyncflow_hpc.weights.wire import (CONTROL_WORDS, HEADER_WORDS, KIND_STOP, KIND_WEIGHTS, Header, control_words,
-                                        pipeline, wait_work)
+from asyncflow_hpc.weights.wire import (CONTROL_WORDS, FLAG_TRAILER, HEADER_WORDS, KIND_STOP, KIND_WEIGHTS,
+                                        STATUS_ABORTED, STATUS_OK, TRAILER_HEAD, Header, control_words,
+                                        encode_trailer_head, pipeline, trailer_words, wait_work)
 
 
 @dataclass
@@ -39,8 +49,9 @@ class SendStats:
     version: int
     nbytes: int
     n_buckets: int
-    pack_s: float  # snapshot copy + checksums, in the caller's thread (exposed to the trainer)
-    send_s: float  # header to last bucket delivered, in the background thread
+    pack_s: float  # the snapshot in the caller's thread (exposed to the trainer): copy (+ checksums when inline)
+    send_s: float  # background thread start to last bucket (and trailer) delivered
+    streamed: bool = False  # buckets posted while the snapshot was still being packed (checksum trailer)
 
 
 class SendHandle:
@@ -52,6 +63,7 @@ class SendHandle:
         self.error: BaseException | None = None
         self._limit_s, self._rank, self._role = limit_s, rank, role
         self._thread: threading.Thread | None = None
+        self._caller_error: BaseException | None = None  # already raised by send_async (failed snapshot)
 
     def done(self) -> bool:
         return self._thread is None or not self._thread.is_alive()
@@ -100,7 +112,8 @@ class WeightSender:
 
     # -- snapshot -------------------------------------------------------------------------------
     def pack(self, named: Iterable[tuple[str, object]]) -> float:
-        """Copy (name, tensor) pairs, in plan order, into the flat buffer and checksum every bucket.
+        """Copy (name, tensor) pairs, in plan order, into the flat buffer and checksum every bucket; the next
+        `send_async(None, v)` sends this snapshot with its checksums inline.
 
         Waits first for a send still in flight: its bytes live in the same buffer.
         """
@@ -108,15 +121,52 @@ class WeightSender:
 
         self._finish_previous()
         t0 = time.perf_counter()
+        self._packed_s = None
+        sums = self._fill(named)
+        if sums:
+            self.checksums.copy_(torch.tensor(sums, dtype=torch.int64))
+        self._packed_s = time.perf_counter() - t0
+        return self._packed_s
+
+    def _fill(self, named: Iterable[tuple[str, object]], on_ready=None, checksum: bool = True) -> list[int]:
+        """The snapshot: copy into the flat buffer, checksum each bucket as soon as it is full (its tail is
+        still in cache) and call on_ready(k + 1) once bucket k's bytes and checksum are final. Returns
+        (s1, s2) per bucket; raises WeightSyncError for tensors that differ from the plan. checksum=False
+        (the streamed send): on_ready(k + 1) once the bytes are final; the sending thread checksums bucket k
+        while this thread gathers and copies bucket k+1."""
         names = []
         index = {p.name: i for i, p in enumerate(self.plan.tensors)}
         buckets = self.plan.buckets
-        sums: list[int] = []  # (s1, s2) per bucket, taken as soon as a bucket is full: its tail is still in cache
+        sums: list[int] = []
+
+        def complete_upto(filled: int) -> None:
+            while len(sums) < 2 * len(buckets) and buckets[len(sums) // 2].end <= filled:
+                k = len(sums) // 2
+                sums.extend(self._checksum(k) if checksum else (0, 0))
+                if on_ready is not None:
+                    on_ready(k + 1)
+
+        write_into = getattr(named, "write_into", None)
+        if write_into is not None:  # e.g. a GatherStream: full tensors assembled straight into the flat buffer
+
+            def dest(name: str, shape: tuple, dtype) -> object:
+                i = index.get(name)
+                spec = self.plan.tensors[i].spec if i is not None else None
+                if spec is None or tuple(shape) != spec.shape or dtype_name(dtype) != spec.dtype:
+                    return None  # yielded as a tensor instead, and reported below
+                return self.flat.tensor(i)
+
+            named = write_into(dest)
         for name, tensor in named:
             names.append(name)
             i = index.get(name)
             if i is None:
                 continue  # reported below with the whole difference
+            if tensor is None:  # written in place by write_into
+                if i == len(names) - 1:
+                    complete_upto(self.plan.tensors[i + 1].offset if i + 1 < len(self.plan.tensors)
+                                  else self.plan.total_bytes)
+                continue
             spec = self.plan.tensors[i].spec
             if tuple(tensor.shape) != spec.shape or dtype_name(tensor.dtype) != spec.dtype:
                 raise WeightSyncError(f"tensor {name!r} is {dtype_name(tensor.dtype)}{list(tensor.shape)} but the "
@@ -124,23 +174,23 @@ class WeightSender:
                                       "from the model being sent", rank=self.rank, role=self.role)
             self.flat.tensor(i).copy_(tensor.detach())
             if i == len(names) - 1:  # in plan order so far: buckets before the next tensor are complete
-                filled = self.plan.tensors[i + 1].offset if i + 1 < len(self.plan.tensors) else self.plan.total_bytes
-                while len(sums) < 2 * len(buckets) and buckets[len(sums) // 2].end <= filled:
-                    sums.extend(bucket_checksum(self.flat.bucket(len(sums) // 2), self.cfg.checksum))
+                complete_upto(self.plan.tensors[i + 1].offset if i + 1 < len(self.plan.tensors)
+                              else self.plan.total_bytes)
         diff = check_named(self.plan, names)
         if diff:
             raise WeightSyncError(f"named tensors given to the weight sender differ from the plan: {diff}",
                                   rank=self.rank, role=self.role)
-        while len(sums) < 2 * len(buckets):  # a layout without tensors, or trailing empty tensors
-            sums.extend(bucket_checksum(self.flat.bucket(len(sums) // 2), self.cfg.checksum))
-        if sums:
-            self.checksums.copy_(torch.tensor(sums, dtype=torch.int64))
-        if self._corrupt_next is not None:  # test hook: damage a bucket AFTER its checksum was taken
-            b = self.plan.buckets[self._corrupt_next]
+        complete_upto(self.plan.total_bytes)  # a layout without tensors, or trailing empty tensors
+        return sums
+
+    def _checksum(self, k: int) -> tuple[int, int]:
+        """Bucket k's checksum; the test hook then damages the bucket (AFTER its checksum was taken)."""
+        got = bucket_checksum(self.flat.bucket(k), self.cfg.checksum)
+        if self._corrupt_next == k:
+            b = self.plan.buckets[k]
             self.flat.data[b.start + b.nbytes // 2] ^= 0x5A
             self._corrupt_next = None
-        self._packed_s = time.perf_counter() - t0
-        return self._packed_s
+        return got
 
     def inject_corruption(self, bucket: int) -> None:
         """Test hook: flip bits in `bucket` of the next send after its checksum is computed."""
@@ -153,9 +203,10 @@ class WeightSender:
         return self.send_async(named, version).wait()
 
     def send_async(self, named: Iterable[tuple[str, object]] | None, version: int) -> SendHandle:
-        """Snapshot now (caller's thread), broadcast in a background thread; one send in flight at a time.
+        """Snapshot now (caller's thread) while a background thread broadcasts each bucket as soon as it is
+        packed; returns once the snapshot is complete. One send in flight at a time.
 
-        named=None sends the snapshot taken by the last `pack()` call (pack early, send later).
+        named=None sends the snapshot taken by the last `pack()` call (pack early, send later; checksums inline).
         """
         if self._closed:
             raise WeightSyncError("send after close()", rank=self.rank, role=self.role, version=version)
@@ -163,20 +214,33 @@ class WeightSender:
             raise VersionError(f"weight version {version} is not newer than the last one sent "
                                f"({self._last_version})", rank=self.rank, role=self.role, version=version)
         self._finish_previous()
+        handle = SendHandle(version, self._limit_s(), self.rank, self.role)
         if named is None:
             if self._packed_s is None:
                 raise WeightSyncError("send_async(None, ...) without a preceding pack()", rank=self.rank,
                                       role=self.role, version=version)
-            pack_s = self._packed_s
-        else:
-            pack_s = self.pack(named)
-        self._packed_s = None  # a snapshot is sent once
+            pack_s, self._packed_s = self._packed_s, None  # a snapshot is sent once
+            self._last_version = version
+            handle._thread = threading.Thread(target=self._run, args=(handle, version, pack_s),
+                                              name=f"weight-send-v{version}", daemon=True)
+            self._handle = handle
+            handle._thread.start()
+            return handle
+        self._packed_s = None
         self._last_version = version
-        handle = SendHandle(version, self._limit_s(), self.rank, self.role)
-        handle._thread = threading.Thread(target=self._run, args=(handle, version, pack_s),
+        snap = _Snapshot(len(self.plan.buckets))
+        handle._thread = threading.Thread(target=self._run_streamed, args=(handle, version, snap),
                                           name=f"weight-send-v{version}", daemon=True)
         self._handle = handle
         handle._thread.start()
+        t0 = time.perf_counter()
+        try:
+            self._fill(named, on_ready=snap.advance, checksum=False)
+        except BaseException as exc:
+            handle._caller_error = exc
+            snap.finish(time.perf_counter() - t0, failed=exc)
+            raise
+        snap.finish(time.perf_counter() - t0)
         return handle
 
     def close(self) -> None:
@@ -197,7 +261,11 @@ class WeightSender:
     def _finish_previous(self) -> None:
         if self._handle is not None:
             prev, self._handle = self._handle, None
-            prev.wait()
+            try:
+                prev.wait()
+            except BaseException as exc:
+                if exc is not prev._caller_error:  # a failed snapshot was raised by send_async already
+                    raise
 
     def _limit_s(self) -> float:
         return self.cfg.timeout_s * (len(self.plan.buckets) + 2) + 10.0
@@ -223,6 +291,52 @@ class WeightSender:
         except BaseException as exc:  # surfaced by handle.wait() in the caller's thread
             handle.error = exc
 
+    def _run_streamed(self, handle: SendHandle, version: int, snap: "_Snapshot") -> None:
+        import torch
+
+        try:
+            t0 = time.perf_counter()
+            n = len(self.plan.buckets)
+            # The header waits for bucket 0 (or the end of the snapshot): a snapshot that fails on its first
+            # tensors puts nothing on the wire.
+            self._wait_snapshot(snap, 0, version)
+            if snap.failed is not None and snap.ready == 0:
+                handle.error = snap.failed
+                return
+            h = Header(kind=KIND_WEIGHTS, version=version, layout_hash=self.plan.layout_hash, n_buckets=n,
+                       total_bytes=self.plan.total_bytes, algorithm=ALGORITHMS[self.cfg.checksum], flags=FLAG_TRAILER)
+            words = torch.zeros(CONTROL_WORDS, dtype=torch.int64)
+            words[:HEADER_WORDS] = torch.tensor(h.encode(), dtype=torch.int64)
+            control = [(self._post(self._control(words)), "header delivery to rollout ranks")]
+            self._sent_weights = True  # from now on receivers may post bucket 0 before the header
+            sums: list[int] = []  # taken here, just before each bucket is posted, while the caller packs the next
+            self._send_buckets(version, control, snap, sums)
+            self._wait_snapshot(snap, n, version)  # the end of the snapshot: every checksum, or a failure
+            trailer = torch.zeros(trailer_words(n), dtype=torch.int64)
+            failed = snap.failed is not None
+            trailer[:TRAILER_HEAD] = torch.tensor(encode_trailer_head(STATUS_ABORTED if failed else STATUS_OK,
+                                                                      version, n), dtype=torch.int64)
+            if not failed and sums:
+                trailer[TRAILER_HEAD:] = torch.tensor(sums, dtype=torch.int64)
+            self._wait(self._post(self._control(trailer)), what="checksum trailer delivery to rollout ranks",
+                       version=version)
+            if failed:
+                handle.error = snap.failed
+                return
+            handle.stats = SendStats(version=version, nbytes=self.plan.total_bytes, n_buckets=n,
+                                     pack_s=snap.pack_s, send_s=time.perf_counter() - t0, streamed=True)
+        except BaseException as exc:  # surfaced by handle.wait() in the caller's thread
+            handle.error = exc
+
+    def _wait_snapshot(self, snap: "_Snapshot", k: int, version: int) -> None:
+        """Until bucket k is packed (k = n: the whole snapshot finished) or the snapshot failed."""
+        if not snap.wait(k, self.cfg.timeout_s):
+            n = len(self.plan.buckets)
+            what = f"bucket {k}/{n}" if k < n else "the end"
+            raise WaitTimeout(f"weight sync timed out after {self.cfg.timeout_s:.1f} s waiting for the snapshot of "
+                              f"{what} of version {version} (the caller's gather/copy of the weights into the "
+                              "send buffer stalled or stopped)", rank=self.rank, role=self.role)
+
     def _control(self, tensor):
         """Small control tensors travel on the comm device off the host (NCCL/HCCL cannot send host memory)."""
         return tensor if self._dev is None else tensor.to(self.comm_device)
@@ -242,7 +356,8 @@ class WeightSender:
         wait_work(work, timeout_s=self.cfg.timeout_s, what=what, rank=self.rank, role=self.role,
                   version=version, bucket=bucket, backend=self.backend)
 
-    def _send_buckets(self, version: int, control: list) -> None:
+    def _send_buckets(self, version: int, control: list, snap: "_Snapshot | None" = None,
+                      sums: list[int] | None = None) -> None:
         n = len(self.plan.buckets)
 
         def wait_control() -> None:
@@ -251,13 +366,17 @@ class WeightSender:
             control.clear()
 
         def post(k: int):
+            if snap is not None:  # streamed: bucket k goes out as soon as it is packed (a failed snapshot
+                self._wait_snapshot(snap, k, version)  # still sends every bucket: receivers stay in step)
+                if snap.failed is None or snap.ready > k:
+                    sums.extend(self._checksum(k))
             if self._dev is None:
                 work = self._post(self.flat.bucket(k))
             else:
                 buf = self._dev[k % 2][: self.plan.buckets[k].nbytes]
                 buf.copy_(self.flat.bucket(k), non_blocking=True)
                 work = self._post(buf)
-            if k == 0 and self.control.numel() > CONTROL_WORDS:  # the overflow follows bucket 0 on the wire
+            if k == 0 and snap is None and self.control.numel() > CONTROL_WORDS:  # inline: overflow after bucket 0
                 control.append((self._post(self._control(self.control[CONTROL_WORDS:])),
                                 "overflow checksum delivery to rollout ranks"))
             return work
@@ -270,3 +389,33 @@ class WeightSender:
             wait_control()
         pipeline(n, post, finish, depth=n if self._dev is None else 2)
         wait_control()  # a layout without buckets
+
+
+class _Snapshot:
+    """A snapshot being packed by the caller while the background thread streams it: `ready` buckets
+    hold their final bytes; `done` once the fill ended (`failed` set if it raised)."""
+
+    def __init__(self, n_buckets: int):
+        self.n = n_buckets
+        self.ready = 0
+        self.done = False
+        self.failed: BaseException | None = None
+        self.pack_s = 0.0
+        self._cond = threading.Condition()
+
+    def advance(self, ready: int) -> None:
+        with self._cond:
+            self.ready = ready
+            self._cond.notify_all()
+
+    def finish(self, pack_s: float, failed: BaseException | None = None) -> None:
+        with self._cond:
+            self.pack_s, self.failed, self.done = pack_s, failed, True
+            if failed is None:
+                self.ready = self.n
+            self._cond.notify_all()
+
+    def wait(self, k: int, timeout_s: float) -> bool:
+        """True once bucket k is ready (k = n: the snapshot is done) or the snapshot ended; False at the timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.done or (k < self.n and self.ready > k), timeout_s)

@@ -1,19 +1,35 @@
 """Wire format of one weight sync and the timed wait every collective goes through.
 
-One sync over the weight group (trainer leader = broadcast source):
+One sync over the weight group (trainer leader = broadcast source) has one of two forms, named by the
+header's flags word:
+
+  inline (flags 0) -- the snapshot was packed before the send started (`pack()` then `send_async(None)`):
     1. control   int64[CONTROL_WORDS]  fixed size (4 KiB), always safe to receive:
                  words 0..7   MAGIC, kind (WEIGHTS | STOP), version, layout hash, n_buckets, total bytes,
-                              checksum algorithm, reserved
+                              checksum algorithm, flags
                  words 8..    (s1, s2) of bucket 0, 1, ... -- the first INLINE_SUMS buckets
     2. bucket 0  uint8[...] bytes [start_0, end_0) of the flat layout
     3. overflow  int64[2 (n - INLINE_SUMS)]  checksums of the later buckets; only when n > INLINE_SUMS
                  (> ~8 GB at the default bucket size)
     4. buckets   1..n-1 in order
-    A stream ends with a control message of kind STOP, followed by bucket 0 once a WEIGHTS sync was sent.
-One control message per sync, not a header and a checksum message: every collective costs a wake-up of
+
+  streamed (flags FLAG_TRAILER) -- `send_async(named)`: bucket k goes out as soon as the caller's
+  snapshot has filled it and taken its checksum, while later buckets are still being gathered/copied:
+    1. control   the same fixed-size message, header only (no checksums inline)
+    2. buckets   0..n-1 in order, each posted the moment it is packed
+    3. trailer   int64[TRAILER_HEAD + 2n]: TRAILER_MAGIC, status (OK | ABORTED), version, n_buckets, then
+                 (s1, s2) of every bucket. Receivers checksum bucket k as it lands (overlapped with later
+                 buckets) and compare when the trailer arrives; ABORTED (the caller's snapshot failed after
+                 the header went out, e.g. a wrong tensor) makes them discard the version, in step.
+    Why not a 16-byte checksum trailer inside each bucket: a tensor split over several buckets would stop
+    being one contiguous range, so the receiver could no longer hand it to the engine as a view. One small
+    message per sync instead costs one collective (~1 ms here) and keeps the flat layout unchanged.
+
+A stream ends with a control message of kind STOP, followed by bucket 0 once a WEIGHTS sync was sent.
+The header travels in one fixed-size control message: every collective costs a wake-up of
 the gloo threads on every rank (0.4-7 ms each on this loaded 2-core machine), and its fixed size means
 a receiver never posts a layout-dependent size before it has validated a header (magic, layout hash,
-bucket count, size, algorithm, monotone version), so a mismatch is a named error, never a
+bucket count, size, algorithm, flags, monotone version), so a mismatch is a named error, never a
 size-mismatched collective. After the first validated header the layout is fixed for the stream, so
 receivers post bucket 0 together with the control message and the header's round trip (one wake-up of
 every rank) overlaps bucket 0's transfer instead of delaying it. `control_words(n)` words hold header
@@ -42,6 +58,11 @@ CONTROL_WORDS = 512  # 4 KiB: the header and the checksums of up to INLINE_SUMS 
 INLINE_SUMS = (CONTROL_WORDS - HEADER_WORDS) // 2
 KIND_WEIGHTS = 1
 KIND_STOP = 2
+FLAG_TRAILER = 1  # header flags: the checksums follow the last bucket in a trailer message (streamed send)
+TRAILER_MAGIC = 0x415346_53554D53  # "ASF" "SUMS"
+TRAILER_HEAD = 4  # TRAILER_MAGIC, status, version, n_buckets
+STATUS_OK = 0
+STATUS_ABORTED = 1  # the sender's snapshot failed after the header went out: discard this version
 WAIT_SLICE_S = 0.5
 MIN_SLICE_S = 0.01
 SLICE_TIMEOUT_MESSAGE = "Operation timed out!"  # what c10d's Work.wait(timeout) raises when a slice ends
@@ -55,10 +76,11 @@ class Header:
     n_buckets: int
     total_bytes: int
     algorithm: int
+    flags: int = 0  # FLAG_TRAILER: streamed, checksums in the trailer after the last bucket
 
     def encode(self) -> list[int]:
         return [MAGIC, self.kind, self.version, self.layout_hash, self.n_buckets, self.total_bytes,
-                self.algorithm, 0]
+                self.algorithm, self.flags]
 
 
 def control_words(n_buckets: int) -> int:
@@ -77,7 +99,28 @@ def decode_header(words: list[int]) -> Header:
     words = words[:HEADER_WORDS]
     kind = words[1] if words[0] == MAGIC else -1  # a bad magic is reported as a garbled header
     return Header(kind=kind, version=words[2], layout_hash=words[3], n_buckets=words[4],
-                  total_bytes=words[5], algorithm=words[6])
+                  total_bytes=words[5], algorithm=words[6], flags=words[7])
+
+
+def trailer_words(n_buckets: int) -> int:
+    """Words of the trailer of a streamed sync: its head plus (s1, s2) of every bucket."""
+    return TRAILER_HEAD + 2 * n_buckets
+
+
+def encode_trailer_head(status: int, version: int, n_buckets: int) -> list[int]:
+    return [TRAILER_MAGIC, status, version, n_buckets]
+
+
+def check_trailer(words: list[int], *, version: int, n_buckets: int, rank: int | None, role: str | None,
+                  src: int) -> int:
+    """The status (STATUS_OK | STATUS_ABORTED) of a trailer that belongs to `version`; else a named error."""
+    if len(words) < TRAILER_HEAD or words[0] != TRAILER_MAGIC or words[1] not in (STATUS_OK, STATUS_ABORTED) \
+            or words[2] != version or words[3] != n_buckets:
+        raise WeightSyncError(f"garbled checksum trailer for weight version {version} from trainer leader rank "
+                              f"{src} (got {words[:TRAILER_HEAD]}): sender and receiver are out of step on the "
+                              "weight group; check that no other code issues collectives on it",
+                              rank=rank, role=role, version=version)
+    return words[1]
 
 
 def check_header(h: Header, *, layout_hash: int, n_buckets: int, total_bytes: int, algorithm: str,
@@ -90,6 +133,10 @@ def check_header(h: Header, *, layout_hash: int, n_buckets: int, total_bytes: in
                               "issues collectives on it", rank=rank, role=role)
     if h.kind == KIND_STOP:
         return
+    if h.flags not in (0, FLAG_TRAILER):
+        raise WeightSyncError(f"garbled weight header {where} (unknown flags {h.flags:#x}): sender and receiver "
+                              "run different versions of asyncflow_hpc.weights", rank=rank, role=role,
+                              version=h.version)
     if h.layout_hash != layout_hash or h.n_buckets != n_buckets or h.total_bytes != total_bytes:
         raise LayoutMismatchError(
             f"weight layout mismatch for version {h.version} {where}: sender has {h.n_buckets} buckets, "

@@ -81,6 +81,7 @@ class RolloutWorker:
                 self.samples.put(cols, meta)
             produced += len(rows)
             self.clock.count("tokens", sum(len(r.response_ids) for r in rows))
+        self._record_receives()
         self.samples.mark_done()
         return {"rows_produced": produced}
 
@@ -104,6 +105,7 @@ class RolloutWorker:
 
     def _maybe_swap(self, need: int) -> None:
         """Generation boundary: swap to a staged version if the gate says so; wait if weights are too old."""
+        self._record_receives()
         if self.gate.boundary(self.weights.poll(), must_swap=self.engine.version < need):
             with self.clock.exposed("swap"), span(self.recorder, SpanName.WEIGHT_SWAP,
                                                   version=self.weights.poll() or -1):
@@ -112,6 +114,13 @@ class RolloutWorker:
             with self.clock.exposed("wait_weights"), span(self.recorder, SpanName.WEIGHT_WAIT, version=need):
                 self.weights.wait_staged(need)
                 self.weights.swap(self.engine.load_weights)
+            self._record_receives()
+
+    def _record_receives(self) -> None:
+        """The receiver thread's weight_recv spans, recorded from this (the recorder's) thread."""
+        for version, t0, t1, thread in self.weights.take_recv_spans():
+            if self.recorder is not None:
+                self.recorder.add_span(SpanName.WEIGHT_RECV.value, t0, t1, thread=thread, version=version)
 
 
 class GroupScorer:

@@ -117,3 +117,21 @@ def test_dynamic_sampling_trains_only_on_informative_groups(tmp_path):
     tr = read_trace(res["trace"])
     stale = tr.samples["version_consumed"] - tr.samples["version_produced"]
     assert stale.min() >= 0 and stale.max() <= 1  # the staleness bound holds for replacement prompts too
+
+
+@pytest.mark.mpi
+def test_a_real_trace_records_every_span_the_cost_model_reads(tmp_path):
+    # The cost model (trace/costmodel.py) fits from these spans; a name only the synthetic trace wrote would
+    # silently drop its term when calibrating from a real run. 2 replicated trainer ranks: the all-reduce too.
+    from asyncflow_hpc.trace.costmodel import READS, fit_costs
+    from asyncflow_hpc.trace.reader import read_trace
+
+    res, _ = run_job(tmp_path, "spans", "workflow.mode=async", "topology.colocate=false", "topology.trainer_ranks=2",
+                     "trainer.engine=torch", "workflow.eta=1", "workflow.steps=4")
+    t = read_trace(res["trace"])
+    names = set(t.spans["name"].tolist())
+    assert {n.value for n in READS} <= names, sorted({n.value for n in READS} - names)
+    recv = t.spans[t.spans["name"] == "weight_recv"]
+    assert set(recv["rank"].tolist()) == {2, 3} and recv["version"].min() >= 0
+    model = fit_costs(t)
+    assert model.allreduce_s > 0 and model.sync_transfer_s > 0

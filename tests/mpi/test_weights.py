@@ -1,4 +1,5 @@
-"""Weight sync on 3 real MPI ranks (trainer leader + 2 rollout): round trip, checksum, overflow, single buffer, layout, timeout."""
+"""Weight sync on 3 real MPI ranks (trainer leader + 2 rollout): round trip, checksum (streamed and inline),
+aborted stream, overflow, single buffer, layout, timeout."""
 
 from __future__ import annotations
 
@@ -48,6 +49,25 @@ def test_corrupted_bucket_is_detected_and_stream_stays_in_step(results):
         assert r["after"] == 2 and r["exact_after"] == [True]
 
 
+def test_streamed_and_inline_sends_both_name_a_corrupted_bucket(results):
+    assert results[("corrupt", 0)]["streamed"] == [True, True]  # send(): checksums in the trailer
+    assert results[("corrupt_inline", 0)]["streamed"] == [False, False]  # pack() + send_async(None): inline
+    for rank in (1, 2):
+        r = results[("corrupt_inline", rank)]
+        assert {k: r["error"][k] for k in ("type", "bucket", "version")} == \
+            {"type": "ChecksumError", "bucket": 2, "version": 1}
+        assert r["after"] == 2 and r["exact_after"] == [True]
+
+
+def test_a_stream_whose_snapshot_fails_is_discarded_in_step(results):
+    leader = results[("aborted", 0)]
+    assert leader["errors"] == ["gather failed after 0 tensors", "gather failed after 5 tensors"]
+    for rank in (1, 2):
+        r = results[("aborted", rank)]
+        # version 1 never reached the wire; version 2 went out with an ABORTED trailer and was dropped
+        assert r["got"] == 3 and r["aborted"] == 1 and r["exact"] == [True] and r["end"] is None, r
+
+
 def test_checksums_beyond_the_control_message_travel_in_the_overflow(results):
     leader = results[("overflow", 0)]
     assert leader["n_buckets"] > leader["inline"] + 8
@@ -80,3 +100,12 @@ def test_sender_that_never_sends_times_out_with_named_error(results):
         assert f"rank {rank}" in r["error"] and "role rollout" in r["error"]
         assert "header" in r["error"] and "trainer leader rank 0" in r["error"]
         assert 1.9 <= r["elapsed"] < 10.0  # version_wait_s=2: raised promptly, never a hang
+
+
+def test_gather_from_uneven_shards_iterated_and_written_in_place(tmp_path):
+    """engines/fsdp_gather on 3 FSDP2 trainer ranks: uneven Shard(0) pieces (some ranks empty), mixed dtypes,
+    several bucket bounds; both the iterator and write_into (what WeightSender uses) are exact."""
+    run_mpi(4, ["tests/mpi/workers/weights_gather_worker.py"], timeout=120, env={"WEIGHTS_RESULTS": str(tmp_path)})
+    res = {int(f.name[7:-4]): json.loads(f.read_text()[len("GATHER "):]) for f in tmp_path.glob("gather-*.txt")}
+    assert sorted(res) == [0, 1, 2]
+    assert all(r["ok"] == [True, True, True] for r in res.values()), res

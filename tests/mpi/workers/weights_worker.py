@@ -106,15 +106,23 @@ def roundtrip(comms: Comms, group, rank: int, versions: int = 3) -> None:
          verify_s=[s.verify_s for s in recv.stats], skipped=recv.skipped_versions)
 
 
-def _corrupt_then_next(group, rank: int, name: str, plan, cfg, damaged: int, pick, **info) -> None:
+def _corrupt_then_next(group, rank: int, name: str, plan, cfg, damaged: int, pick, prepacked: bool = False,
+                       **info) -> None:
     """Version 1 with bucket `damaged` corrupted after its checksum was taken, then version 2: the receiver
-    names the bad bucket and still receives version 2 bit-exact (the stream stays in step)."""
+    names the bad bucket and still receives version 2 bit-exact (the stream stays in step). prepacked=True:
+    pack() then send_async(None) (checksums inline in the control message, overflow for very many
+    buckets); else send() streams (checksums in the trailer after the last bucket)."""
     if rank == 0:
         sender = WeightSender(group, plan, src=0, rank=0, cfg=cfg)
         sender.inject_corruption(damaged)
-        sender.send(pick(1), 1)
-        sender.send(pick(2), 2)
-        emit(rank, name, sent=[1, 2], **info)
+        streamed = []
+        for v in (1, 2):
+            if prepacked:
+                sender.pack(pick(v))
+                streamed.append(sender.send_async(None, v).wait().streamed)
+            else:
+                streamed.append(sender.send(pick(v), v).streamed)
+        emit(rank, name, sent=[1, 2], streamed=streamed, **info)
         return
     recv = WeightReceiver(group, plan, src=0, rank=rank, cfg=cfg, last_version=0)
     err = None
@@ -133,8 +141,48 @@ def corrupt(group, rank: int) -> None:
     _corrupt_then_next(group, rank, "corrupt", plan_for(weights(0), cfg), cfg, 2, weights)
 
 
+def corrupt_inline(group, rank: int) -> None:
+    cfg = WeightSyncConfig(bucket_mb=1.0, timeout_s=30, version_wait_s=30)
+    _corrupt_then_next(group, rank, "corrupt_inline", plan_for(weights(0), cfg), cfg, 2, weights, prepacked=True)
+
+
+def aborted(group, rank: int) -> None:
+    """A streamed send whose iterator fails after buckets went out (the trainer's gather raised): the sender
+    raises that error, the receivers discard the version in step, and version 2 arrives bit-exact. A
+    failure on the first tensor puts nothing on the wire."""
+    cfg = WeightSyncConfig(bucket_mb=1.0, timeout_s=30, version_wait_s=30)
+    plan = plan_for(weights(0), cfg)
+    if rank == 0:
+        sender = WeightSender(group, plan, src=0, rank=0, cfg=cfg)
+
+        def failing(v, after):
+            for i, item in enumerate(weights(v)):
+                if i == after:
+                    raise RuntimeError(f"gather failed after {after} tensors")
+                yield item
+
+        errors = []
+        for after in (0, 5):  # 0: before the header; 5: 'big' and later never packed, header and buckets sent
+            try:
+                sender.send(failing(1 + (after > 0), after), 1 + (after > 0))
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        sender.send(weights(3), 3)
+        sender.close()
+        emit(rank, "aborted", errors=errors, n_buckets=len(plan.buckets))
+        return
+    recv = WeightReceiver(group, plan, src=0, rank=rank, cfg=cfg, last_version=0)
+    got = recv.receive()  # the aborted version 2 is received and discarded inside; version 3 is staged
+    exact = []
+    recv.swap(lambda named, v: exact.append(all(torch.equal(bits(t), bits(w))
+                                                for (_, t), (_, w) in zip(named, weights(v)))))
+    end = recv.receive()
+    emit(rank, "aborted", got=got, exact=exact, aborted=recv.aborted_versions, end=end)
+
+
 def overflow(group, rank: int) -> None:
-    """More buckets than the control message holds checksums for: the rest travel in the overflow message."""
+    """More buckets than the control message holds checksums for: the rest travel in the overflow message
+    (the inline form: pack() then send_async(None))."""
     from asyncflow_hpc.weights.wire import INLINE_SUMS
 
     small = [(n, t) for n, t in weights(0) if t.numel() * t.element_size() <= 1_100_000]  # ~1.2 MB
@@ -144,7 +192,7 @@ def overflow(group, rank: int) -> None:
     assert len(plan.buckets) > bad_bucket + 1, plan.describe()
     names = dict(small)
     _corrupt_then_next(group, rank, "overflow", plan, cfg, bad_bucket,
-                       lambda v: [(n, t) for n, t in weights(v) if n in names],
+                       lambda v: [(n, t) for n, t in weights(v) if n in names], prepacked=True,
                        n_buckets=len(plan.buckets), inline=INLINE_SUMS, bad=bad_bucket)
 
 
@@ -218,11 +266,13 @@ def main(argv: list[str]) -> int:
     comms = Comms.create(layout_, DeviceConfig(kind="cpu", dist_timeout_s=120))
     rank = comms.rank
     torch.set_num_threads(1)
-    scenarios = argv or ["roundtrip", "corrupt", "overflow", "single", "layout", "timeout"]
+    scenarios = argv or ["roundtrip", "corrupt", "corrupt_inline", "aborted", "overflow", "single", "layout",
+                         "timeout"]
     for name in scenarios:
         # A fresh group per scenario: new_group is collective over the default group, so every rank calls it.
         group = comms.weight_group if name == "roundtrip" else dist.new_group(list(layout_.weight_group()))
         {"roundtrip": lambda: roundtrip(comms, group, rank), "corrupt": lambda: corrupt(group, rank),
+         "corrupt_inline": lambda: corrupt_inline(group, rank), "aborted": lambda: aborted(group, rank),
          "overflow": lambda: overflow(group, rank), "single": lambda: single(group, rank),
          "layout": lambda: layout(group, rank),
          "timeout": lambda: timeout(group, rank)}[name]()
