@@ -104,16 +104,12 @@ def _cross_check(cfg: JobConfig, where: str) -> None:
                           f"is not wired (rollout ranks never pause for it); set data.eval_every=0 (accuracy is "
                           f"measured at the start and the end) or workflow.mode=sync")
     t = cfg.topology
-    if cfg.workflow.job == "train" and (t.trainer_tp > 1 or t.trainer_pp > 1) and cfg.trainer.engine == "torch":
+    if cfg.workflow.job == "train" and (t.trainer_tp > 1 or t.trainer_pp > 1) and cfg.trainer.engine != "mindspeed":
         key = "topology.trainer_tp" if t.trainer_tp > 1 else "topology.trainer_pp"
-        raise ConfigError(f"{where}: {key}={max(t.trainer_tp, t.trainer_pp)}: trainer.engine=torch holds a full "
-                          f"replica per rank and has no tensor/pipeline parallelism; set it to 1 (or use "
-                          f"trainer.engine=mindspeed on NPUs)")
-    if cfg.workflow.job == "train" and (t.trainer_tp > 1 or t.trainer_pp > 1) and cfg.trainer.engine == "fsdp":
-        key = "topology.trainer_tp" if t.trainer_tp > 1 else "topology.trainer_pp"
-        raise ConfigError(f"{where}: {key}={max(t.trainer_tp, t.trainer_pp)}: trainer.engine=fsdp shards over "
-                          f"the data-parallel trainer ranks only (no tensor/pipeline parallel plan is wired); "
-                          f"set it to 1")
+        raise ConfigError(f"{where}: {key}={max(t.trainer_tp, t.trainer_pp)}: trainer.engine={cfg.trainer.engine} has "
+                          f"no tensor/pipeline parallel plan (torch holds a full replica per rank; fsdp shards over "
+                          f"the data-parallel trainer ranks only, docs/trainer_fsdp.md); set it to 1 (or use "
+                          f"trainer.engine=mindspeed on NPUs)", key=key)
     if cfg.workflow.job == "train" and t.rollout_tp > 1:
         raise ConfigError(f"{where}: topology.rollout_tp={t.rollout_tp}: a rollout instance spanning several "
                           f"ranks is not wired yet (the vLLM engine runs in the rank's process with tensor "

@@ -98,8 +98,8 @@ def _resume(cfg: Any, _world: int | None) -> str | None:
     if not os.path.exists(path):
         return f"resume={cfg.resume!r}: no such checkpoint directory ({os.path.abspath(path)})"
     if os.path.isfile(os.path.join(path, META)):
-        why = trainer_state_mismatch(path, cfg.trainer.engine)
-        return f"resume={cfg.resume!r}: {why}" if why else None
+        why = trainer_state_mismatch(path, cfg.trainer.engine) if cfg.trainer.engine != "auto" else None
+        return f"resume={cfg.resume!r}: {why}" if why else None  # auto: decided on the ranks, checked there
     if latest(path):
         return None
     return (f"resume={cfg.resume!r}: not a checkpoint (no {META}) nor a folder of step-NNNNNN checkpoints; "

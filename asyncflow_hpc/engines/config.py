@@ -53,9 +53,10 @@ class RolloutConfig:
 class TrainerConfig:
     """The training engine that updates the policy."""
 
-    engine: Literal["torch", "fsdp", "mindspeed"] = opt(
-        "torch", "Trainer engine: torch (a full replica per rank), fsdp (PyTorch FSDP2: parameters, gradients "
-                 "and optimizer state sharded over the trainer ranks), mindspeed.")
+    engine: Literal["auto", "torch", "fsdp", "mindspeed"] = opt(
+        "auto", "Trainer engine: torch (a full replica per rank), fsdp (PyTorch FSDP2: parameters, gradients "
+                "and optimizer state sharded over the trainer ranks), mindspeed; auto = fsdp for more than one "
+                "trainer rank on cuda/npu devices, torch otherwise (decided on the ranks, from their device).")
     lr: float = opt(1e-5, "AdamW learning rate.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     betas: list[float] = opt(factory=lambda: [0.9, 0.999], help="AdamW betas.")
@@ -91,7 +92,7 @@ class TrainerConfig:
         if self.allreduce_bucket_mb <= 0:
             raise fail("allreduce_bucket_mb", f"must be > 0, got {self.allreduce_bucket_mb}")
         for name in ("fsdp_activation_checkpointing", "fsdp_cpu_offload"):
-            if getattr(self, name) and self.engine != "fsdp":
+            if getattr(self, name) and self.engine not in ("fsdp", "auto"):
                 raise fail(name, f"applies to trainer.engine=fsdp only (engine is {self.engine!r}); set it to false")
 
 

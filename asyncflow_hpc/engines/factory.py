@@ -59,9 +59,34 @@ def owns_engine(cfg: Any, layout: Any, rank: int) -> bool:
     return trainers_evaluate(cfg) and layout.has(rank, Role.TRAINER)
 
 
+def auto_trainer_engine(device_kind: str, trainer_ranks: int) -> str:
+    """trainer.engine=auto: the sharded trainer where sharding pays (several trainer ranks on accelerators)."""
+    return "fsdp" if device_kind in ("cuda", "npu") and trainer_ranks > 1 else "torch"
+
+
+def resolve_trainer_engine(cfg: Any, device_kind: str, trainer_ranks: int) -> str:
+    """Every rank, before anything reads cfg.trainer.engine: replace `auto` by the engine it stands for. With
+    fsdp_* keys set, auto must become fsdp (else a named error)."""
+    from asyncflow_hpc.errors import ConfigError
+
+    t = cfg.trainer
+    if t.engine == "auto":
+        t.engine = auto_trainer_engine(device_kind, trainer_ranks)
+        if t.engine != "fsdp" and (t.fsdp_cpu_offload or t.fsdp_activation_checkpointing):
+            raise ConfigError(f"trainer.engine=auto chose {t.engine} ({trainer_ranks} trainer rank(s) on "
+                              f"{device_kind}), but trainer.fsdp_* keys are set; set trainer.engine=fsdp",
+                              key="trainer.engine")
+    return t.engine
+
+
 def make_trainer(cfg: Any, model: Any, *, pad_id: int, group: Any, device: str,
                  reference: bool | None = None) -> TrainerEngine:
     """reference=False: hold no reference copy (dedicated reference ranks send its log-probs)."""
+    if cfg.trainer.engine == "auto":  # outside a job (tools, tests): decided from this device and group
+        import torch.distributed as dist
+
+        size = dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
+        resolve_trainer_engine(cfg, device.split(":")[0], size)
     kwargs = dict(trainer_cfg=cfg.trainer, algo_cfg=cfg.algorithm, temperature=cfg.rollout.temperature,
                   pad_id=pad_id, group=group, device=device, reference=reference)
     if cfg.trainer.engine == "mindspeed":

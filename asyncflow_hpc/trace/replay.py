@@ -115,7 +115,7 @@ def _check_replayable(t: Trace, cfg: Any) -> None:
                          f"process, whose gradient sums in another order, so losses cannot match bit-for-bit. "
                          f"Replay traces of runs with one trainer replica (async: topology.trainer_ranks=1; "
                          f"sync: topology.world_size=1)")
-    if cfg.trainer.engine != "torch":
+    if cfg.trainer.engine not in ("torch", "auto"):
         raise TraceError(f"{t.path}: trainer.engine={cfg.trainer.engine}; replay supports the torch trainer")
 
 

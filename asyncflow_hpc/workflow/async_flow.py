@@ -57,74 +57,53 @@ class Rank:
 def run_async(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> dict:
     import torch
 
-    from asyncflow_hpc.engines.factory import sampling_params
-    from asyncflow_hpc.workflow.metrics import print_eval
-    from asyncflow_hpc.workflow.stages import evaluate
+    from asyncflow_hpc.workflow.session import Session
 
     torch.set_num_threads(cfg.device.threads_per_rank)
-    t0 = time.perf_counter()
-    me = _setup(cfg, comms, recorder, ckpt)
-    greedy = sampling_params(cfg.rollout, me.task.tokenizer.stop_ids, greedy=True)
+    lay, rank = comms.layout, comms.rank
+    # A rank whose engine loads the weights itself (vLLM) needs only the model's layout, not a torch copy.
+    s = Session(cfg, comms, recorder, ckpt, weights=lay.has(rank, Role.TRAINER) or lay.has(rank, Role.REFERENCE)
+                or cfg.rollout.engine == "torch")
+    me = _setup(s)
     out: dict[str, Any] = {}
-    if cfg.data.eval_size:
-        out["eval_start"] = evaluate(cfg, comms, me.engine, me.task, greedy)
-        if comms.rank == 0:
-            print_eval("start", out["eval_start"])
+    s.evaluate("start", me.engine, out)
     comms.world.Barrier()
     t_loop = time.perf_counter()
     out.update(_run_role(me))
-    loop_s = time.perf_counter() - t_loop
-    stopped = _finish(me, out, loop_s, greedy)
-    if me.trainer is not None and not stopped:
-        from asyncflow_hpc.workflow.stages import save_policy
-
-        save_policy(cfg, me.task, me.trainer, lead=comms.rank == comms.layout.trainer_leader)
-    if hasattr(me.engine, "close"):
-        me.engine.close()  # a vLLM engine tears down its own process group before ours goes
-    out["wall_s"], out["loop_s"] = time.perf_counter() - t0, loop_s
+    out["loop_s"] = loop_s = time.perf_counter() - t_loop
+    stopped = _finish(me, out, loop_s)
+    s.finish(me.engine, me.trainer, out, stopped=stopped, lead=rank == lay.trainer_leader)
     return out
 
 
-def _setup(cfg: Any, comms: Any, recorder: Any, ckpt: Any) -> Rank:
-    """Task, stores, engines and weight endpoints of this rank; version `start` reaches every rollout rank."""
+def _setup(s: Any) -> Rank:
+    """Stores, engines and weight endpoints of this rank; version `start` reaches every rollout rank."""
     from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate, owns_engine
     from asyncflow_hpc.engines.fsdp_trainer import send_weights
     from asyncflow_hpc.workflow.rows import open_stores
-    from asyncflow_hpc.workflow.stages import sft_warmup
 
+    cfg, comms, task = s.cfg, s.comms, s.task
     lay, rank = comms.layout, comms.rank
-    # A rank whose engine loads the weights itself (vLLM) needs only the model's layout, not a torch copy.
-    task = common.build_task(cfg, comms.device.torch_device, weights=lay.has(rank, Role.TRAINER)
-                             or lay.has(rank, Role.REFERENCE) or cfg.rollout.engine == "torch")
-    if rank == 0 and task.skipped_long:
-        print(f"data: skipped {task.skipped_long} training prompts longer than data.max_prompt_tokens="
-              f"{cfg.data.max_prompt_tokens} tokens ({len(task.train)} kept)", flush=True)
-    me = Rank(cfg=cfg, comms=comms, task=task, recorder=recorder, ckpt=ckpt,
+    me = Rank(cfg=cfg, comms=comms, task=task, recorder=s.recorder, ckpt=s.ckpt,
               stream=Stream.of(cfg.workflow, cfg.data, cfg.rollout, cfg.run, cfg.store))
     me.prompts, me.samples = open_stores(cfg, comms)
     me.reference = _reference_policy(cfg, comms, task)  # before any training touches task.model
-    resumed, start = ckpt is not None and ckpt.resuming, ckpt.start if ckpt is not None and ckpt.resuming else 0
     if lay.has(rank, Role.TRAINER):
         me.trainer = make_trainer(cfg, task.model, pad_id=task.tokenizer.pad_id, group=comms.trainer_group,
                                   device=comms.device.torch_device,
                                   reference=False if lay.ranks(Role.REFERENCE) else None)
         me.trainer.broadcast_parameters()
-        me.trainer.recorder = recorder  # the replicated engine records its gradient all-reduce
-        if resumed:  # weights, optimizer, version and RNG of the checkpoint (every trainer rank reads it)
-            from asyncflow_hpc.checkpoint.state import load_into
-
-            load_into(ckpt.path, me.trainer)
-        elif cfg.trainer.sft_warmup_steps:
-            sft_warmup(cfg, me.trainer, task, recorder, lead=rank == lay.trainer_leader)
+        me.trainer.recorder = s.recorder  # the replicated engine records its gradient all-reduce
+        s.resume_or_warm_up(me.trainer, lead=rank == lay.trainer_leader)
     if owns_engine(cfg, lay, rank):
         me.engine = make_rollout(cfg, task.model, comms.device.torch_device, seed=cfg.run.seed)
     me.engine, me.trainer = maybe_emulate(cfg, me.engine, me.trainer, dp=lay.trainer_dp)
     me.sender, me.receiver = _weight_endpoints(cfg, comms, task.model, me.trainer)
     if me.trainer is not None:  # version `start` (0 after any warm-up, or the checkpoint's) goes out first
-        send_weights(me.trainer, me.sender, start, cfg.weights.bucket_mb, block=True)
+        send_weights(me.trainer, me.sender, s.start, cfg.weights.bucket_mb, block=True)
     if me.receiver is not None:
         me.receiver.start()
-        me.receiver.wait_staged(start)
+        me.receiver.wait_staged(s.start)
         me.receiver.swap(me.engine.load_weights)
     return me
 
@@ -191,11 +170,10 @@ def _run_trainer(me: Rank) -> dict:
     return {"history": history, "version": me.trainer.version}
 
 
-def _finish(me: Rank, out: dict, loop_s: float, greedy: Any) -> bool:
-    """The last weights, the stores closed, the final evaluation and the per-rank figures. Returns whether the
-    run stopped early on a checkpoint (then no final evaluation or save), as every rank learns it."""
-    from asyncflow_hpc.workflow.metrics import aggregate, print_eval
-    from asyncflow_hpc.workflow.stages import evaluate
+def _finish(me: Rank, out: dict, loop_s: float) -> bool:
+    """The last weights, the stores closed and the per-rank figures. Returns whether the run stopped early on
+    a checkpoint (then no final evaluation or save: Session.finish), as every rank learns it."""
+    from asyncflow_hpc.workflow.metrics import aggregate
 
     cfg, comms, lay, rank = me.cfg, me.comms, me.comms.layout, me.comms.rank
     me.clock.note_overrun(me.engine if lay.has(rank, Role.ROLLOUT) else None, me.trainer)
@@ -205,10 +183,6 @@ def _finish(me: Rank, out: dict, loop_s: float, greedy: Any) -> bool:
     out["store"] = me.samples.stats() if rank == lay.trainer_leader else None
     me.samples.close()
     me.prompts.close()
-    if cfg.data.eval_size and not stopped:
-        out["eval_end"] = evaluate(cfg, comms, me.engine, me.task, greedy)
-        if rank == 0:
-            print_eval("end", out["eval_end"])
     out["per_rank"] = comms.world.gather((rank, str(lay.role_of(rank)), out["clock"]), root=lay.trainer_leader)
     if rank == lay.trainer_leader:
         out["summary"] = aggregate(out["per_rank"], loop_s)

@@ -37,9 +37,13 @@ def run_rank(cfg, env: JobEnv) -> int:
     layout = build_layout(cfg, env, world)
     comms = Comms.create(layout, cfg.device, local_rank=env.local_rank, world=world,
                          isolate_rollout=cfg.rollout.engine != "torch")
+    from asyncflow_hpc.engines.factory import resolve_trainer_engine
+
+    resolve_trainer_engine(cfg, comms.device.kind, len(layout.trainer_ranks))  # trainer.engine=auto
     if world.rank == 0:
         print(f"asyncflow-hpc: {layout.describe()} device={comms.device.kind}/{comms.device.backend} "
-              f"job={cfg.workflow.job} mode={cfg.workflow.mode} (setup {time.perf_counter() - t0:.1f}s)", flush=True)
+              f"trainer.engine={cfg.trainer.engine} job={cfg.workflow.job} mode={cfg.workflow.mode} "
+              f"(setup {time.perf_counter() - t0:.1f}s)", flush=True)
     from asyncflow_hpc.launch.monitor import Heartbeat
 
     hb = Heartbeat.current

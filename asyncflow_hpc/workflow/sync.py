@@ -19,79 +19,55 @@ from asyncflow_hpc.engines.batching import split_even
 from asyncflow_hpc.topology.comms import sleeping_barrier
 from asyncflow_hpc.workflow import common
 from asyncflow_hpc.trace.schema import SpanName
-from asyncflow_hpc.workflow.metrics import RoleClock, algo_postfix, host_overrun_fraction, print_eval, record_rows
+from asyncflow_hpc.workflow.metrics import RoleClock, algo_postfix, host_overrun_fraction, record_rows
 from asyncflow_hpc.workflow.metrics import record_step
 from asyncflow_hpc.workflow.metrics import span
-from asyncflow_hpc.workflow.stages import evaluate, progress_bar, save_policy, sft_warmup
+from asyncflow_hpc.workflow.stages import evaluate, progress_bar
 
 
 def run_sync(cfg: Any, comms: Any, recorder: Any = None, ckpt: Any = None) -> dict:
     import torch
 
-    from asyncflow_hpc.engines.factory import sampling_params
+    from asyncflow_hpc.workflow.session import Session
 
     torch.set_num_threads(cfg.device.threads_per_rank)
-    t0 = time.perf_counter()
     lead = comms.rank == 0
-    task, trainer, rollout = _setup(cfg, comms, recorder, ckpt)
-    greedy = sampling_params(cfg.rollout, task.tokenizer.stop_ids, greedy=True)
-    resumed = ckpt is not None and ckpt.resuming
-    out: dict[str, Any] = {"history": ckpt.history() if resumed else []}
-    if cfg.data.eval_size:
-        with span(recorder, SpanName.EVALUATE, step=-1):
-            out["eval_start"] = evaluate(cfg, comms, rollout, task, greedy)
-        if lead:
-            print_eval("start", out["eval_start"])
+    s = Session(cfg, comms, recorder, ckpt)
+    trainer, rollout = _setup(s)
+    out: dict[str, Any] = {"history": s.history()}
+    s.evaluate("start", rollout, out)
     clock = RoleClock()
     comms.world.Barrier()
     t_loop = time.perf_counter()
-    _loop(cfg, comms, trainer, rollout, task, recorder, ckpt, clock, out, start=ckpt.start if resumed else 0)
-    stopped = ckpt is not None and ckpt.stopped
+    _loop(cfg, comms, trainer, rollout, s.task, recorder, ckpt, clock, out, start=s.start)
     out["loop_s"] = loop_s = time.perf_counter() - t_loop
     clock.note_overrun(rollout, trainer)
     per_rank = comms.world.gather(clock.summary(loop_s), root=0)
     if lead:
         out["summary"] = sync_summary(per_rank, loop_s, cfg.workflow.steps * cfg.data.prompts_per_step * cfg.rollout.n)
-    if cfg.data.eval_size and not stopped:
-        with span(recorder, SpanName.EVALUATE, step=cfg.workflow.steps):
-            out["eval_end"] = evaluate(cfg, comms, rollout, task, greedy)
-        if lead:
-            print_eval("end", out["eval_end"])
-    if not stopped:
-        save_policy(cfg, task, trainer, lead=lead)
-    if hasattr(rollout, "close"):
-        rollout.close()  # a vLLM engine's groups live on our default group: torn down before it
-    out["wall_s"] = time.perf_counter() - t0
+    s.finish(rollout, trainer, out, stopped=ckpt is not None and ckpt.stopped, lead=lead)
     out["version"] = trainer.version
     return out
 
 
-def _setup(cfg: Any, comms: Any, recorder: Any, ckpt: Any) -> tuple[Any, Any, Any]:
-    """Task, trainer (resumed or warmed up) and the colocated rollout engine holding the trainer's weights."""
+def _setup(s: Any) -> tuple[Any, Any]:
+    """Trainer (resumed or warmed up) and the colocated rollout engine holding the trainer's weights."""
     from asyncflow_hpc.engines.factory import make_rollout, make_trainer, maybe_emulate
 
+    cfg, comms, task = s.cfg, s.comms, s.task
     device = comms.device.torch_device
-    task = common.build_task(cfg, device)
-    if comms.rank == 0 and task.skipped_long:
-        print(f"data: skipped {task.skipped_long} training prompts longer than data.max_prompt_tokens="
-              f"{cfg.data.max_prompt_tokens} tokens ({len(task.train)} kept)", flush=True)
     # A sharded trainer's model cannot run a forward on one rank alone: the colocated torch rollout engine
     # gets its own whole copy, loaded with the gathered weights after every step.
     own = cfg.trainer.engine == "fsdp" and cfg.rollout.engine == "torch"
     rollout_model = copy.deepcopy(task.model) if own else task.model
     trainer = make_trainer(cfg, task.model, pad_id=task.tokenizer.pad_id, group=comms.trainer_group, device=device)
     trainer.broadcast_parameters()
-    trainer.recorder = recorder  # the replicated engine records its gradient all-reduce
+    trainer.recorder = s.recorder  # the replicated engine records its gradient all-reduce
     rollout = make_rollout(cfg, rollout_model, device, seed=cfg.run.seed)
     rollout, trainer = maybe_emulate(cfg, rollout, trainer, dp=comms.layout.trainer_dp)
-    if ckpt is not None and ckpt.resuming:  # every rank reads the same checkpoint (no warm-up again)
-        from asyncflow_hpc.checkpoint.state import load_into
-
-        load_into(ckpt.path, trainer)
-    else:
-        sft_warmup(cfg, trainer, task, recorder, lead=comms.rank == 0)
+    s.resume_or_warm_up(trainer, lead=comms.rank == 0)  # every rank reads the same checkpoint
     _sync_rollout_weights(cfg, trainer, rollout)
-    return task, trainer, rollout
+    return trainer, rollout
 
 
 def _loop(cfg, comms, trainer, rollout, task, recorder, ckpt, clock, out: dict, *, start: int) -> None:

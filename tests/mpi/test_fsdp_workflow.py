@@ -72,7 +72,7 @@ def test_sharded_checkpoint_resumes_onto_one_trainer_rank(tmp_path):
     assert _max_diff(tmp_path / "straight_policy", tmp_path / "resumed_policy") < 1e-5
     # The checkpoint of a sharded trainer cannot be loaded into a replicated one: one line before launch.
     p = subprocess.run([sys.executable, "-m", "asyncflow_hpc", "run", "configs/default.yaml", "run.name=wrong",
-                        f"run.dir={tmp_path}/{{name}}", *SMALL, *ASYNC, f"resume={ck2}"], cwd=ROOT, env=mpi_env(),
+                        f"run.dir={tmp_path}/{{name}}", *SMALL, *ASYNC, "trainer.engine=torch", f"resume={ck2}"], cwd=ROOT, env=mpi_env(),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "holds a sharded trainer state (trainer.engine=fsdp)" in p.stderr, p.stderr
     assert "launching" not in p.stdout

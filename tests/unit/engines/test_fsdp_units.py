@@ -76,3 +76,16 @@ def test_optimizer_hyperparameters_round_trip_through_json_with_tuples():
     assert back == value and isinstance(back["betas"], tuple)
     with pytest.raises(Exception, match="without pickle"):
         _enc(object())
+
+
+def test_auto_trainer_engine_is_fsdp_for_several_trainer_ranks_on_devices():
+    from asyncflow_hpc.engines.factory import resolve_trainer_engine
+
+    for kind, ranks, want in (("cuda", 2, "fsdp"), ("npu", 4, "fsdp"), ("cuda", 1, "torch"), ("cpu", 4, "torch")):
+        cfg = load_config("configs/default.yaml", [])
+        assert cfg.trainer.engine == "auto"
+        assert resolve_trainer_engine(cfg, kind, ranks) == want == cfg.trainer.engine
+    cfg = load_config("configs/default.yaml", ["trainer.fsdp_cpu_offload=true"])  # accepted while undecided
+    with pytest.raises(ConfigError, match="trainer.engine=auto chose torch"):
+        resolve_trainer_engine(cfg, "cpu", 2)
+    assert resolve_trainer_engine(load_config("configs/default.yaml", ["trainer.engine=torch"]), "cuda", 8) == "torch"
