@@ -65,6 +65,8 @@ def shard_model(model: Any, mesh: Any, *, device: str, activation_checkpointing:
 class FSDPTrainerEngine(TorchTrainerEngine):
     """The torch engine's RL and warm-up steps and objective on an FSDP2-sharded model (see the module docstring)."""
 
+    uses_ddp = False  # FSDP reduce-scatters the gradients itself
+
     def __init__(self, model: Any, *, trainer_cfg: Any, algo_cfg: Any, temperature: float, pad_id: int,
                  group: Any = None, device: str = "cpu", reference: bool | None = None):
         import torch.distributed as dist
@@ -108,10 +110,6 @@ class FSDPTrainerEngine(TorchTrainerEngine):
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return int(t[0])
 
-    def _dummy_row(self) -> Row:
-        return Row(prompt_id=-1, sample_index=0, prompt_ids=[self.pad_id], response_ids=[self.pad_id],
-                   behav_logprobs=[0.0])
-
     def log_probs(self, rows: list[Row], *, reference: bool = False) -> list[list[float]]:
         import torch
 
@@ -127,11 +125,6 @@ class FSDPTrainerEngine(TorchTrainerEngine):
                     response_logprobs(model, collate([self._dummy_row()], self.pad_id, self.device), 1.0)
             model.train(was)
         return out
-
-    def _zero_weight_backward(self) -> None:
-        """A forward and backward that add nothing to the gradients but run the same collectives."""
-        t = collate([self._dummy_row()], self.pad_id, self.device)
-        (response_logprobs(self.model, t, self.temperature).sum() * 0.0).backward()
 
     # --- one RL step: the torch engine's train_step, with these two hooks ---------------------------
     def _before_micro_batches(self, local: list[Row]) -> None:

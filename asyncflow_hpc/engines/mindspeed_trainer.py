@@ -25,6 +25,7 @@ def import_mindspeed() -> Any:
 
 
 class MindSpeedTrainerEngine(TorchTrainerEngine):
+    uses_ddp = False  # MindSpeed brings its own parallelism; the explicit all-reduce path stays
     def __init__(self, model: Any, **kwargs: Any):
         import_mindspeed()
         if not str(kwargs.get("device", "")).startswith("npu"):

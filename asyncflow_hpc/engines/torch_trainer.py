@@ -57,6 +57,7 @@ class ReferencePolicy:
 
 class TorchTrainerEngine(TrainerEngine):
     recorder: Any = None  # a trace recorder: the gradient all-reduce of each update is a span (the cost model's)
+    uses_ddp = True  # replicated data parallelism through torch's DistributedDataParallel (subclasses opt out)
 
     def __init__(self, model: Any, *, trainer_cfg: TrainerConfig, algo_cfg: AlgorithmConfig, temperature: float,
                  pad_id: int, group: Any = None, device: str = "cpu", reference: bool | None = None):
@@ -71,6 +72,35 @@ class TorchTrainerEngine(TrainerEngine):
         self._sft_optimizer = None
         want_ref = algo_cfg.kl_coef > 0 if reference is None else reference
         self.ref_model = self._frozen_copy() if want_ref else None
+        self._ddp = self._wrap_ddp() if self.uses_ddp and self.dp_size > 1 else None
+        self._ar_t0 = self._ar_t1 = None  # the all-reduce of the current update (first bucket sent, last done)
+
+    def _wrap_ddp(self) -> Any:
+        """torch's DDP over the trainer group: gradients bucketed and all-reduced while backward still runs.
+        The loss semantics stay the engine's: losses are divided by the GLOBAL denominator, so the gradients are
+        SUMMED over ranks (a comm hook replaces DDP's default average)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        import inspect
+
+        # Buffers (rotary tables) are equal on every rank from the start: never re-broadcast them per forward.
+        quiet = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                 inspect.signature(DistributedDataParallel.__init__).parameters else {"broadcast_buffers": False})
+        ddp = DistributedDataParallel(self.model, process_group=self.group, bucket_cap_mb=self.cfg.allreduce_bucket_mb,
+                                      **quiet)
+        ddp.register_comm_hook(self, _sum_hook)
+        return ddp
+
+    @property
+    def _fwd(self) -> Any:
+        """The module a training forward goes through (the DDP wrapper when there is one)."""
+        return self._ddp if self._ddp is not None else self.model
+
+    def _sync(self, last: bool) -> Any:
+        """Gradients are all-reduced on a mini-batch's last backward only (DDP no_sync before it)."""
+        import contextlib
+
+        return self._ddp.no_sync() if self._ddp is not None and not last else contextlib.nullcontext()
 
     def _frozen_copy(self) -> Any:
         ref = copy.deepcopy(self.model).eval()
@@ -123,9 +153,10 @@ class TorchTrainerEngine(TrainerEngine):
             self.optimizer.zero_grad(set_to_none=False)
             mbs = chunks(shard, self.cfg.micro_batch_rows)
             self._pad_micro_batches(part, len(mbs))
-            for mb in mbs:
-                out = self._micro_objective(mb, denom, before)
-                out.loss.backward()
+            for i, mb in enumerate(mbs):
+                with self._sync(last=i == len(mbs) - 1):
+                    out = self._micro_objective(mb, denom, before)
+                    out.loss.backward()
                 sums["loss"] += float(out.loss.detach())
                 sums["pg_loss"] += out.pg_loss
                 for k, v in out.sums.items():
@@ -148,7 +179,19 @@ class TorchTrainerEngine(TrainerEngine):
 
     def _pad_micro_batches(self, part: list[list[Row]], have: int) -> None:
         """Hook before a mini-batch's micro-batches: `part` is every rank's shard of it, `have` this rank's
-        micro-batch count (sharded engines pad to the largest shard's count)."""
+        micro-batch count (sharded engines pad to the largest shard's count). Under DDP every rank runs one
+        synchronising backward per update: a rank without rows runs a zero-weight one."""
+        if self._ddp is not None and have == 0:
+            self._zero_weight_backward()
+
+    def _dummy_row(self) -> Row:
+        return Row(prompt_id=-1, sample_index=0, prompt_ids=[self.pad_id], response_ids=[self.pad_id],
+                   behav_logprobs=[0.0])
+
+    def _zero_weight_backward(self) -> None:
+        """A forward and backward that add nothing to the gradients but run the same collectives."""
+        t = collate([self._dummy_row()], self.pad_id, self.device)
+        (response_logprobs(self._fwd, t, self.temperature).sum() * 0.0).backward()
 
     def _denominator(self, mini: list[Row]) -> float:
         """The GLOBAL normaliser of algorithm.loss_agg for one mini-batch (losses.aggregate)."""
@@ -173,7 +216,7 @@ class TorchTrainerEngine(TrainerEngine):
                                  "holds no reference model (topology.reference_ranks computes them)")
             self._fill_ref(mb)
             t = collate(mb, self.pad_id, self.device)
-        logp, entropy = response_logprobs(self.model, t, self.temperature, with_entropy=True)
+        logp, entropy = response_logprobs(self._fwd, t, self.temperature, with_entropy=True)
         if before_map:
             before = torch.zeros_like(t.behav_logprobs)
             for i, r in enumerate(mb):
@@ -197,7 +240,9 @@ class TorchTrainerEngine(TrainerEngine):
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        if self.dp_size > 1 and self.recorder is not None:
+        if self._ddp is not None:  # DDP summed the gradients during the last backward
+            self._record_allreduce()
+        elif self.dp_size > 1 and self.recorder is not None:
             from asyncflow_hpc.trace.schema import SpanName
 
             with self.recorder.span(SpanName.ALLREDUCE.value):
@@ -208,6 +253,17 @@ class TorchTrainerEngine(TrainerEngine):
         norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         (optimizer or self.optimizer).step()
         return norm
+
+    def _record_allreduce(self) -> None:
+        """The update's all-reduce as a span: from DDP's first bucket sent to its last reduced (it overlaps the
+        backward; the cost model reads it as the communication time of one update)."""
+        import threading
+
+        t0, t1, self._ar_t0, self._ar_t1 = self._ar_t0, self._ar_t1, None, None
+        if self.recorder is not None and t0 is not None and t1 is not None:
+            from asyncflow_hpc.trace.schema import SpanName
+
+            self.recorder.add_span(SpanName.ALLREDUCE.value, t0, max(t0, t1), thread=threading.get_ident())
 
     def _reduce_metrics(self, sums: dict[str, float], maxes: dict[str, float], tokens: int) -> dict[str, float]:
         """Sums over the trainer group (maxima by max); token sums become means over the step's tokens."""
@@ -245,11 +301,12 @@ class TorchTrainerEngine(TrainerEngine):
         mbs = chunks(parts[self.dp_rank], self.cfg.micro_batch_rows)
         self._pad_micro_batches(parts, len(mbs))
         total = 0.0
-        for mb in mbs:
-            t = collate(mb, self.pad_id, self.device)
-            logp = response_logprobs(self.model, t, 1.0)
-            loss = -(logp * t.response_mask).sum() / tokens
-            loss.backward()
+        for i, mb in enumerate(mbs):
+            with self._sync(last=i == len(mbs) - 1):
+                t = collate(mb, self.pad_id, self.device)
+                logp = response_logprobs(self._fwd, t, 1.0)
+                loss = -(logp * t.response_mask).sum() / tokens
+                loss.backward()
             total += float(loss.detach())
         self._reduce_and_step(self._sft_optimizer)
         vec = torch.tensor([total], dtype=torch.float64)
@@ -313,3 +370,20 @@ def allreduce_sum(tensors: list[Any], group: Any, bucket_mb: float) -> None:
             bucket, size = [t], t.numel() * t.element_size()
         else:
             bucket = []
+
+
+def _sum_hook(engine, bucket):  # no annotations: DDP checks them (GradBucket / Future) and ours are strings
+    """DDP comm hook: SUM the bucket over the trainer group (DDP's default divides by the world size), and note
+    when the update's all-reduce started and ended (for the trace)."""
+    import time
+
+    import torch.distributed as dist
+
+    if engine._ar_t0 is None:
+        engine._ar_t0 = time.perf_counter()
+
+    def done(fut):
+        engine._ar_t1 = time.perf_counter()
+        return fut.value()[0]
+
+    return dist.all_reduce(bucket.buffer(), group=engine.group, async_op=True).get_future().then(done)

@@ -87,8 +87,15 @@ class Heartbeat:
             # Peers already dead when this rank failed: then this failure is a consequence (a dead
             # peer breaks the collectives), and the launcher names the dead rank instead.
             beats = read_heartbeats(os.path.dirname(self.path))
-            self.dead_peers = sorted(r for r, b in beats.items() if r != self.rank and b.get("host") == self.host
-                                     and b.get("status") == "running" and not _alive(int(b.get("pid", 0))))
+            # A peer killed a moment ago may still be exiting (its sockets already closed, which is what made
+            # this rank fail, but not yet a zombie): look again for a short while before blaming nobody else.
+            deadline = time.monotonic() + DEAD_PEER_GRACE_S
+            while True:
+                self.dead_peers = sorted(r for r, b in beats.items() if r != self.rank and b.get("host") == self.host
+                                         and b.get("status") == "running" and not _alive(int(b.get("pid", 0))))
+                if self.dead_peers or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
         self._stop.set()
         try:
             self._write(final=True)
@@ -185,6 +192,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
+DEAD_PEER_GRACE_S = 0.5  # how long a failing rank looks for a peer that died just before it (Heartbeat.finish)
 STARVED_GRACE = 3  # x monitor.stale_s for a stale rank whose local process runs (not stopped)
 
 

@@ -113,6 +113,8 @@ class RolloutWorker:
         if self.engine.version < need:
             with self.clock.exposed("wait_weights"), span(self.recorder, SpanName.WEIGHT_WAIT, version=need):
                 self.weights.wait_staged(need)
+            with self.clock.exposed("swap"), span(self.recorder, SpanName.WEIGHT_SWAP,
+                                                  version=self.weights.poll() or -1):
                 self.weights.swap(self.engine.load_weights)
             self._record_receives()
 

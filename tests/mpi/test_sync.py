@@ -31,6 +31,9 @@ class _Recorder:
         self.spans.append(name)
         yield _Span()
 
+    def add_span(self, name, t0, t1, **attrs):
+        self.spans.append(name)
+
     def sample(self, **fields):
         self.samples.append(dict(fields, rank=self.rank))
 
