@@ -38,3 +38,15 @@ def run_mpi(n: int, args: list[str], *, timeout: float = 120, env: dict[str, str
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
+
+
+def run_job(tmp_path, name: str, *overrides: str, timeout: float = 300) -> tuple[dict, subprocess.CompletedProcess]:
+    """`asyncflow-hpc run configs/default.yaml run.name=NAME run.dir=TMP/{name} OVERRIDES...` (the launcher starts
+    real mpiexec ranks); asserts it succeeded and returns (its result.json, the process)."""
+    import json
+
+    args = [sys.executable, "-m", "asyncflow_hpc", "run", "configs/default.yaml", f"run.name={name}",
+            f"run.dir={tmp_path}/{{name}}", *overrides]
+    p = subprocess.run(args, cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return json.loads((Path(tmp_path) / name / "result.json").read_text()), p

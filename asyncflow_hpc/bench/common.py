@@ -30,6 +30,28 @@ def run_job(config: str, overrides: Sequence[str], *, name: str, workdir: str, t
     return json.loads((Path(workdir) / name / "result.json").read_text())
 
 
+def run_mpi_worker(module: str, ranks: int, argv: Sequence[str], *, marker: str, timeout: float) -> dict[str, Any]:
+    """`mpiexec -n ranks python -m module --worker argv`: the JSON that follows `marker` on its last result line
+    (the bench's own worker prints it). A failure or a run past `timeout` is a LaunchError with the output's tail."""
+    from asyncflow_hpc.errors import LaunchError
+    from asyncflow_hpc.launch.local import find_mpiexec
+
+    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", module, "--worker", *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    verb = module.rsplit(".", 1)[-1]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"bench {verb}: `{' '.join(cmd)}` ran past {timeout:g} s and was killed") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(marker)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise LaunchError(f"bench {verb}: `{' '.join(cmd)}` exited {proc.returncode}: " + " | ".join(tail))
+    return json.loads(lines[-1][len(marker):])
+
+
 def workdir(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=f"asyncflow-{prefix}-")
 

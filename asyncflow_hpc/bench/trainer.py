@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from asyncflow_hpc.errors import LaunchError
-from asyncflow_hpc.launch.local import find_mpiexec
 
 RESULT = "BENCH_TRAINER_RESULT "
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,20 +190,9 @@ def worker(args) -> int:
 
 
 def _launch(t: int, argv: list[str], quick: bool) -> dict:
-    cmd = [find_mpiexec(), "-n", str(t + 1), sys.executable, "-m", "asyncflow_hpc.bench.trainer", "--worker", *argv]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    limit = 600 if quick else 1800
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
-        raise LaunchError(f"bench trainer: `{' '.join(cmd)}` ran past {limit} s and was killed") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise LaunchError(f"bench trainer: `{' '.join(cmd)}` exited {proc.returncode}: " + " | ".join(tail))
-    return json.loads(lines[-1][len(RESULT):])
+    from asyncflow_hpc.bench.common import run_mpi_worker
+
+    return run_mpi_worker("asyncflow_hpc.bench.trainer", t + 1, argv, marker=RESULT, timeout=600 if quick else 1800)
 
 
 def summary(runs: list[dict], quick: bool) -> dict:

@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-from asyncflow_hpc.errors import LaunchError
-from asyncflow_hpc.launch.local import find_mpiexec
 
 RESULT = "BENCH_WEIGHTS_RESULT "
 
@@ -199,21 +194,10 @@ def worker(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- launcher
 def _launch(args, argv: list[str]) -> dict:
-    cmd = [find_mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "asyncflow_hpc.bench.weights", "--worker", *argv]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    limit = 600 if args.quick else 1800
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
-        raise LaunchError(f"bench weights: `{' '.join(cmd)}` ran past {limit} s and was killed") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise LaunchError(f"bench weights: `{' '.join(cmd)}` exited {proc.returncode}: " + " | ".join(tail))
-    return json.loads(lines[-1][len(RESULT):])
+    from asyncflow_hpc.bench.common import run_mpi_worker
+
+    return run_mpi_worker("asyncflow_hpc.bench.weights", args.ranks, argv, marker=RESULT,
+                          timeout=600 if args.quick else 1800)
 
 
 def _table(out: dict) -> str:

@@ -8,134 +8,18 @@ freed) once every registered task has consumed and released it. Bytes are placed
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
+from asyncflow_hpc.store.arena import Arena
 from asyncflow_hpc.store.policies import Candidates, resolve_policy
+from asyncflow_hpc.store.records import Claim, Extent, Lease, OpenLease, Placement, TaskState
 from asyncflow_hpc.store.schema import Schema, SchemaError, StoreError, aligned, chunk_layout
 
 MAX_TASKS = 64
 END = "end"
-
-
-class Arena:
-    """First-fit byte allocator of one storage unit; freed extents coalesce with their neighbours."""
-
-    def __init__(self, size: int):
-        self.size = int(size)
-        self.starts: list[int] = [0] if size else []
-        self.sizes: list[int] = [self.size] if size else []
-        self.used = 0
-
-    @property
-    def free_bytes(self) -> int:
-        return self.size - self.used
-
-    def alloc(self, n: int) -> int | None:
-        for i, sz in enumerate(self.sizes):
-            if sz >= n:
-                start = self.starts[i]
-                if sz == n:
-                    del self.starts[i], self.sizes[i]
-                else:
-                    self.starts[i] += n
-                    self.sizes[i] -= n
-                self.used += n
-                return start
-        return None
-
-    def release(self, start: int, n: int) -> None:
-        i = bisect.bisect_left(self.starts, start)
-        if (i < len(self.starts) and self.starts[i] < start + n) or (i and self.starts[i - 1] + self.sizes[i - 1] > start):
-            raise StoreError(f"internal: double free of bytes [{start}, {start + n})")
-        self.used -= n
-        if i and self.starts[i - 1] + self.sizes[i - 1] == start:  # merge left
-            i -= 1
-            self.sizes[i] += n
-        else:
-            self.starts.insert(i, start)
-            self.sizes.insert(i, n)
-        if i + 1 < len(self.starts) and self.starts[i] + self.sizes[i] == self.starts[i + 1]:
-            self.sizes[i] += self.sizes.pop(i + 1)
-            self.starts.pop(i + 1)
-
-
-@dataclass
-class Placement:
-    """Where a put goes: row ids and chunks (row lo, row hi, unit, byte offset of each column block)."""
-
-    row_ids: np.ndarray
-    chunks: list[tuple[int, int, int, np.ndarray]]
-
-
-@dataclass
-class Lease:
-    """Slots, row ids and one byte extent reserved for one producer, which places its puts in them
-    itself and publishes each with a one-way `commit_leased` (no round trip per put)."""
-
-    lease_id: int
-    unit: int
-    base: int
-    nbytes: int
-    row_ids: np.ndarray
-    used_bytes: int = 0
-    used_rows: int = 0
-
-    def fits(self, rows: int, nbytes: int) -> bool:
-        return self.used_rows + rows <= len(self.row_ids) and self.used_bytes + nbytes <= self.nbytes
-
-
-@dataclass
-class Claim:
-    """Rows a get claimed for one task, with where each requested column lies."""
-
-    row_ids: np.ndarray
-    index: np.ndarray
-    group: np.ndarray
-    version: np.ndarray
-    unit: np.ndarray  # (m, k)
-    offset: np.ndarray  # (m, k)
-    nbytes: np.ndarray  # (m, k)
-    count: np.ndarray  # (m, k)
-    parts: list[list[int]] | None = None
-    stale: int = 0
-
-
-@dataclass
-class TaskState:
-    bit: int
-    need: int  # column mask the task registered
-    consumed: int = 0
-    discarded_stale: int = 0
-    stale_consumed: int = 0
-    names: tuple[str, ...] = field(default=())
-    adds: int = 0  # columns this task's consumer writes later with put_columns (not expected in a put)
-
-
-@dataclass
-class Extent:
-    """Bytes [base, base + size) of storage unit `unit`, held by `refs` rows (and by its lease while one is open)."""
-
-    unit: int
-    base: int
-    size: int
-    refs: int
-
-
-@dataclass
-class OpenLease:
-    """A producer's open lease: its extent, reserved slots and row ids, and how much of them its puts used."""
-
-    producer: int
-    extent: int
-    slots: np.ndarray
-    rows: np.ndarray
-    used_rows: int = 0
-    used_bytes: int = 0
 
 
 class ControlPlane:

@@ -1,23 +1,15 @@
 """The AsyncFlow workflow under real mpiexec ranks: eta=0 equals sync, staleness bound, exactly-once rows."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.mpi_util import ROOT, mpi_env
+from tests import mpi_util
 
 SMALL = ["workflow.steps=3", "data.eval_size=0", "data.prompts_per_step=8", "rollout.n=4",
          "trainer.updates_per_step=2", "device.threads_per_rank=1"]
 
 
 def run_job(tmp_path, name, *overrides, timeout=300):
-    args = [sys.executable, "-m", "asyncflow_hpc", "run", "configs/default.yaml", f"run.name={name}",
-            f"run.dir={tmp_path}/{{name}}", *SMALL, *overrides]
-    p = subprocess.run(args, cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return json.loads((tmp_path / name / "result.json").read_text()), p
+    return mpi_util.run_job(tmp_path, name, *SMALL, *overrides, timeout=timeout)
 
 
 @pytest.mark.mpi
